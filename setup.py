@@ -1,0 +1,30 @@
+from setuptools import setup, find_packages
+
+setup(
+    name='stylegan2-fair',
+    version='0.1.0',
+    description='Fairness and coverage methods for StyleGAN2-ADA training (Inclusive GAN, '
+                'Self-Diagnosing GAN, model rebalancing), compatible with official checkpoints.',
+    packages=find_packages(include=['stylegan2_fair', 'stylegan2_fair.*', 'training_hooks', 'training_hooks.*']),
+    package_data={'stylegan2_fair': ['ops/*.cu', 'ops/*.cpp', 'ops/*.h']},
+    python_requires='>=3.9',
+    install_requires=[
+        'torch>=2.0',
+        'numpy>=1.22',
+        'click>=8.0',
+        'ninja>=1.10',
+        'pillow>=9.0',
+        'tqdm>=4.60',
+        'scipy>=1.8',
+        'matplotlib>=3.5',
+        'scikit-learn>=1.0',
+        'lpips>=0.1.4',
+        'psutil>=5.8',
+    ],
+    extras_require={
+        'deepface': ['deepface>=0.0.93'],
+        'tensorboard': ['tensorboard>=2.10'],
+        'test': ['pytest>=7.0'],
+    },
+    entry_points={'console_scripts': ['stylegan2-fair=stylegan2_fair.cli.main:main']},
+)

@@ -1,0 +1,438 @@
+"""`train.py`: the official StyleGAN2-ADA options, plus --fair-method and each method's options.
+
+Options are turned into plain kwargs once (`setup_training_options`), written to
+training_options.json, and handed to the training loop: every run can be reproduced from that file.
+"""
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+
+import click
+import torch
+
+import training_hooks
+from .. import distributed
+from ..imaging import atomic_write
+
+# cfg presets (facts file): ref_gpus, kimg, mb, mbstd, fmaps, lrate, gamma, ema, ramp, map.
+# 'tiny' is ours: a 2-core CPU trains it at 16x16 in seconds per kimg.
+CFG_SPECS = {
+    'auto':      dict(ref_gpus=-1, kimg=25000, mb=-1, mbstd=-1, fmaps=-1, lrate=-1, gamma=-1, ema=-1, ramp=0.05, map=2),
+    'stylegan2': dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=10, ema=10, ramp=None, map=8),
+    'paper256':  dict(ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=0.5, lrate=0.0025, gamma=1, ema=20, ramp=None, map=8),
+    'paper512':  dict(ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=1, lrate=0.0025, gamma=0.5, ema=20, ramp=None, map=8),
+    'paper1024': dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=2, ema=10, ramp=None, map=8),
+    'cifar':     dict(ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1, lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    'tiny':      dict(ref_gpus=1, kimg=50, mb=16, mbstd=4, fmaps=1/32, lrate=0.0025, gamma=-1, ema=1, ramp=0.05, map=2,
+                      z_dim=64, channel_max=64, num_fp16_res=0, kimg_per_tick=1),
+}
+
+AUGPIPES = ['blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc']
+
+RESUME_PRESETS = {
+    'ffhq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl',
+    'ffhq512': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl',
+    'ffhq1024': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl',
+    'celebahq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl',
+    'lsundog256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl',
+}
+
+
+class UserError(click.ClickException):
+    """A problem with the command line or its inputs, shown without a traceback."""
+
+
+def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=False, subset=None, mirror=False,
+                           cfg='auto', gamma=None, kimg=None, batch=None, aug='ada', p=None, target=None,
+                           augpipe='bgc', resume=None, freezed=0, fp32=False, nhwc=False, allow_tf32=False,
+                           nobench=False, workers=3, device='auto', fair_method='none', kimg_per_tick=None,
+                           snap_minutes=None, lr_scale=1.0, hook_kwargs=None):
+    """Validate options and return (run description, kwargs for TrainingLoop)."""
+    from ..dataset import ImageFolderDataset
+    args = dict(G_kwargs={}, D_kwargs={})
+    if gpus < 1 or gpus & (gpus - 1):
+        raise UserError(f'--gpus={gpus}: must be a power of two (1, 2, 4, 8, ...)')
+    args['num_gpus'] = gpus
+    if snap < 1:
+        raise UserError('--snap must be at least 1')
+    args['image_snapshot_ticks'] = args['network_snapshot_ticks'] = snap
+    args['snapshot_minutes'] = snap_minutes
+    args['metrics'] = [] if metrics in (None, '', 'none') else [m.strip() for m in metrics.split(',')]
+    args['random_seed'] = seed
+
+    # Dataset: open it once here, so a bad path or format fails before the run dir exists.
+    if not os.path.exists(data):
+        raise UserError(f'--data={data}: no such file or folder. Build a dataset with dataset_tool.py first.')
+    training_set_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True,
+                               max_size=None, xflip=False)
+    try:
+        training_set = ImageFolderDataset(**training_set_kwargs)
+    except Exception as e:
+        raise UserError(f'--data={data}: {e}') from e
+    training_set_kwargs['resolution'] = training_set.resolution
+    training_set_kwargs['use_labels'] = training_set.has_labels
+    training_set_kwargs['max_size'] = len(training_set)
+    desc = training_set.name
+    if cond:
+        if not training_set.has_labels:
+            raise UserError('--cond=1 requires labels in dataset.json; add them with dataset_tool.py or use --cond=0')
+        desc += '-cond'
+    else:
+        training_set_kwargs['use_labels'] = False
+    if subset is not None:
+        if not 1 <= subset <= training_set_kwargs['max_size']:
+            raise UserError(f'--subset must be between 1 and {training_set_kwargs["max_size"]}')
+        desc += f'-subset{subset}'
+        if subset < training_set_kwargs['max_size']:
+            training_set_kwargs['max_size'] = subset
+            training_set_kwargs['random_seed'] = seed
+    if mirror:
+        desc += '-mirror'
+        training_set_kwargs['xflip'] = True
+    args['training_set_kwargs'] = training_set_kwargs
+    res = training_set.resolution
+
+    # Base config.
+    if cfg not in CFG_SPECS:
+        raise UserError(f'--cfg={cfg}: choose from {", ".join(CFG_SPECS)}')
+    desc += f'-{cfg}'
+    spec = dict(CFG_SPECS[cfg])
+    if cfg == 'auto':
+        desc += f'{gpus:d}'
+        spec['ref_gpus'] = gpus
+        spec['mb'] = max(min(gpus * min(4096 // res, 32), 64), gpus)
+        spec['mbstd'] = min(spec['mb'] // gpus, 4)
+        spec['fmaps'] = 1 if res >= 512 else 0.5
+        spec['lrate'] = 0.002 if res >= 1024 else 0.0025
+        spec['ema'] = spec['mb'] * 10 / 32
+    if spec['gamma'] < 0:
+        spec['gamma'] = 0.0002 * (res ** 2) / spec['mb']
+
+    z_dim = spec.get('z_dim', 512)
+    args['G_kwargs'] = dict(z_dim=z_dim, w_dim=z_dim, mapping_kwargs=dict(num_layers=spec['map']),
+                            synthesis_kwargs=dict(channel_base=int(spec['fmaps'] * 32768),
+                                                  channel_max=spec.get('channel_max', 512),
+                                                  num_fp16_res=spec.get('num_fp16_res', 4), conv_clamp=256))
+    args['D_kwargs'] = dict(channel_base=int(spec['fmaps'] * 32768), channel_max=spec.get('channel_max', 512),
+                            num_fp16_res=spec.get('num_fp16_res', 4), conv_clamp=256,
+                            block_kwargs={}, mapping_kwargs={}, epilogue_kwargs=dict(mbstd_group_size=spec['mbstd']))
+    lr = spec['lrate'] * lr_scale
+    args['G_opt_kwargs'] = dict(class_name='torch.optim.Adam', lr=lr, betas=[0.0, 0.99], eps=1e-8)
+    args['D_opt_kwargs'] = dict(class_name='torch.optim.Adam', lr=lr, betas=[0.0, 0.99], eps=1e-8)
+    args['loss_kwargs'] = dict(r1_gamma=spec['gamma'])
+    args['total_kimg'] = spec['kimg']
+    args['batch_size'] = spec['mb']
+    args['batch_gpu'] = spec['mb'] // spec['ref_gpus']
+    args['ema_kimg'] = spec['ema']
+    args['ema_rampup'] = spec['ramp']
+    args['kimg_per_tick'] = spec.get('kimg_per_tick', 4)
+    if cfg == 'cifar':
+        args['loss_kwargs']['pl_weight'] = 0
+        args['loss_kwargs']['style_mixing_prob'] = 0
+        args['D_kwargs']['architecture'] = 'orig'
+
+    if gamma is not None:
+        if gamma < 0:
+            raise UserError('--gamma must be non-negative')
+        desc += f'-gamma{gamma:g}'
+        args['loss_kwargs']['r1_gamma'] = gamma
+    if kimg is not None:
+        if kimg < 1:
+            raise UserError('--kimg must be at least 1')
+        desc += f'-kimg{kimg:d}'
+        args['total_kimg'] = kimg
+    if batch is not None:
+        if batch < 1 or batch % gpus:
+            raise UserError('--batch must be at least 1 and divisible by --gpus')
+        desc += f'-batch{batch}'
+        args['batch_size'] = batch
+        args['batch_gpu'] = batch // gpus
+    args['batch_gpu'] = max(min(args['batch_gpu'], args['batch_size'] // gpus), 1)
+    if kimg_per_tick is not None:
+        if kimg_per_tick <= 0:
+            raise UserError('--kimg-per-tick must be positive')
+        args['kimg_per_tick'] = kimg_per_tick
+
+    # Augmentation.
+    if aug not in ('ada', 'noaug', 'fixed'):
+        raise UserError(f'--aug={aug}: choose ada, noaug or fixed')
+    args['augment_p'] = 0
+    args['ada_target'] = None
+    if aug == 'ada':
+        args['ada_target'] = 0.6
+    elif aug == 'noaug':
+        desc += '-noaug'
+    else:
+        if p is None:
+            raise UserError('--aug=fixed requires specifying --p')
+        desc += f'-p{p:g}'
+    if p is not None:
+        if aug != 'fixed':
+            raise UserError('--p can only be specified with --aug=fixed')
+        if not 0 <= p <= 1:
+            raise UserError('--p must be between 0 and 1')
+        args['augment_p'] = p
+    if target is not None:
+        if aug != 'ada':
+            raise UserError('--target can only be specified with --aug=ada')
+        if not 0 <= target <= 1:
+            raise UserError('--target must be between 0 and 1')
+        desc += f'-target{target:g}'
+        args['ada_target'] = target
+    if augpipe not in AUGPIPES:
+        raise UserError(f'--augpipe={augpipe}: choose from {", ".join(AUGPIPES)}')
+    if augpipe != 'bgc':
+        desc += f'-{augpipe}'
+    from ..augment import augpipe_specs
+    args['augment_kwargs'] = None if aug == 'noaug' else dict(class_name='training.augment.AugmentPipe',
+                                                              **augpipe_specs[augpipe])
+
+    # Resume and transfer learning.
+    args['resume_pkl'] = None
+    if resume is not None and resume != 'auto':
+        if resume in RESUME_PRESETS:
+            raise UserError(f'--resume={resume} is a download and this tool never downloads: fetch '
+                            f'{RESUME_PRESETS[resume]} yourself and pass --resume=PATH')
+        if not os.path.isfile(resume):
+            raise UserError(f'--resume={resume}: no such file (give a network pickle, or --resume=auto)')
+        desc += '-resume' + re.sub(r'\W+', '', os.path.splitext(os.path.basename(resume))[0])[:20]
+        args['resume_pkl'] = resume
+        args['ada_kimg'] = 100  # make ADA react faster at the beginning
+        args['ema_rampup'] = None  # disable EMA rampup
+    if freezed:
+        if freezed < 0:
+            raise UserError('--freezed must be non-negative')
+        desc += f'-freezed{freezed:d}'
+        args['D_kwargs']['block_kwargs']['freeze_layers'] = freezed
+    if lr_scale != 1.0:
+        desc += f'-lr{lr_scale:g}'
+
+    # Performance and device.
+    if fp32:
+        args['G_kwargs']['synthesis_kwargs']['num_fp16_res'] = args['D_kwargs']['num_fp16_res'] = 0
+        args['G_kwargs']['synthesis_kwargs']['conv_clamp'] = args['D_kwargs']['conv_clamp'] = None
+    if nhwc:
+        raise UserError('--nhwc is not supported by stylegan2-fair yet; drop the flag')
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device=cuda but no CUDA GPU is visible; use --device=cpu')
+    args['device'] = device
+    args['cudnn_benchmark'] = not nobench
+    args['allow_tf32'] = allow_tf32
+    if workers < 0:
+        raise UserError('--workers must be non-negative')
+    args['data_loader_kwargs'] = dict(pin_memory=device == 'cuda', num_workers=workers,
+                                      prefetch_factor=2 if workers > 0 else None)
+
+    # Fairness methods (training hooks).
+    try:
+        methods = training_hooks.parse_methods(fair_method)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if methods:
+        desc += '-' + '+'.join(methods)
+    args['fair_method'] = ','.join(methods) or 'none'
+    args['hook_kwargs'] = {name: hook_kwargs_for(name, hook_kwargs or {}) for name in methods}
+    return desc, args
+
+
+def hook_kwargs_for(name, cli_kwargs):
+    """The CLI values a hook's constructor takes: '--dia-k' -> k for 'dia', or a shared name such as 'classifier'."""
+    import inspect
+    cls = training_hooks.get_hook_class(name)
+    out = {}
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.name == 'self' or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        for key in (f'{name}_{param.name}', param.name):
+            if cli_kwargs.get(key) is not None:
+                out[param.name] = cli_kwargs[key]
+                break
+    return out
+
+
+def next_run_dir(outdir, desc):
+    ids = [int(m.group()) for m in (re.match(r'^\d+', os.path.basename(d)) for d in glob.glob(os.path.join(outdir, '*')))
+           if m is not None]
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+
+
+def find_resume_state(outdir, desc, resume):
+    """For --resume=auto (or a run dir): the newest run dir of this desc holding a complete state, or None."""
+    if resume != 'auto':
+        candidates = [resume]
+    else:
+        candidates = sorted(glob.glob(os.path.join(outdir, f'[0-9][0-9][0-9][0-9][0-9]-{desc}')), reverse=True)
+    for run_dir in candidates:
+        states = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), reverse=True)
+        for state in states:
+            pkl = state.replace('training-state-', 'network-snapshot-').replace('.pt', '.pkl')
+            if os.path.isfile(pkl):
+                return run_dir, pkl, state
+    return None
+
+
+def launch(run_dir, args, resume_files=None, fresh=True):
+    """Write the run dir (fresh runs only) and start training on this process, spawned ones, or torchrun/SLURM ranks."""
+    if fresh:
+        os.makedirs(run_dir)
+        atomic_write(os.path.join(run_dir, 'training_options.json'),
+                     lambda f: f.write(json.dumps(args, indent=2).encode()))
+    env = distributed.launch_env()
+    if env is not None:  # torchrun or srun started one process per rank
+        rank, world, local_rank, addr, port = env
+        subprocess_fn(local_rank, args, run_dir, resume_files, rank, world, addr, port)
+    elif args['num_gpus'] == 1:
+        subprocess_fn(0, args, run_dir, resume_files, 0, 1, None, None)
+    else:
+        port = _free_port()
+        torch.multiprocessing.spawn(subprocess_fn, args=(args, run_dir, resume_files, None, args['num_gpus'],
+                                                          '127.0.0.1', port), nprocs=args['num_gpus'])
+
+
+def subprocess_fn(local_rank, args, run_dir, resume_files, rank=None, world_size=1, addr=None, port=None):
+    from ..training_loop import TrainingLoop
+    from .. import checkpoint
+    rank = local_rank if rank is None else rank
+    device = args['device']
+    if device == 'cuda':
+        torch.cuda.set_device(local_rank)
+        device = f'cuda:{local_rank}'
+    if world_size > 1:
+        distributed.init_process_group(rank, world_size, addr, port, args['device'])
+    if rank == 0:
+        _Logger(os.path.join(run_dir, 'log.txt'))
+    hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+    kwargs = {k: v for k, v in args.items()
+              if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
+    if resume_files is not None:
+        kwargs['resume_pkl'], state_path = resume_files
+        kwargs['resume_state'] = checkpoint.load_training_state(state_path)
+    TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, **kwargs).train()
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class _Logger:
+    """Tee stdout/stderr into log.txt (appending, so a resumed run keeps its history)."""
+
+    def __init__(self, path):
+        self.file = open(path, 'a')
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self, self
+
+    def write(self, text):
+        self.file.write(text)
+        self.stdout.write(text)
+
+    def flush(self):
+        self.file.flush()
+        self.stdout.flush()
+
+
+def _apply(options):
+    def decorator(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorator
+
+
+def _hook_cli_options():
+    # Hooks that share an option (e.g. --classifier) list the same decorator object: apply it once.
+    unique = []
+    for option in training_hooks.cli_options():
+        if all(option is not seen for seen in unique):
+            unique.append(option)
+    return unique
+
+
+@click.command(context_settings=dict(show_default=True))
+@click.option('--outdir', help='Where to save the results', required=True, metavar='DIR')
+@click.option('--gpus', help='Number of processes (GPUs, or CPU workers with --device=cpu)', type=int, default=1, metavar='INT')
+@click.option('--snap', help='Snapshot interval in ticks', type=int, default=50, metavar='INT')
+@click.option('--snap-minutes', help='Also snapshot every N minutes of wall clock (for jobs with time limits)', type=float, metavar='MIN')
+@click.option('--kimg-per-tick', help='Length of a tick in kimg [default: 4, tiny: 1]', type=float, metavar='KIMG')
+@click.option('--metrics', help='Comma-separated list of metrics, or "none"', default='none')
+@click.option('--seed', help='Random seed', type=int, default=0, metavar='INT')
+@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
+@click.option('--data', help='Training data (directory or zip)', metavar='PATH', required=True)
+@click.option('--cond', help='Train conditional model based on dataset labels', type=bool, default=False, metavar='BOOL')
+@click.option('--subset', help='Train with only N images', type=int, metavar='INT')
+@click.option('--mirror', help='Enable dataset x-flips', type=bool, default=False, metavar='BOOL')
+@click.option('--cfg', help='Base config', type=click.Choice(list(CFG_SPECS)), default='auto')
+@click.option('--gamma', help='Override R1 gamma', type=float)
+@click.option('--kimg', help='Override training duration', type=int, metavar='INT')
+@click.option('--batch', help='Override batch size', type=int, metavar='INT')
+@click.option('--aug', help='Augmentation mode', type=click.Choice(['noaug', 'ada', 'fixed']), default='ada')
+@click.option('--p', help='Augmentation probability for --aug=fixed', type=float)
+@click.option('--target', help='ADA target value for --aug=ada', type=float)
+@click.option('--augpipe', help='Augmentation pipeline', type=click.Choice(AUGPIPES), default='bgc')
+@click.option('--resume', help='Resume from a network pickle, or "auto" to continue the newest state of this run', metavar='PKL')
+@click.option('--freezed', help='Freeze-D: number of frozen discriminator layers', type=int, default=0, metavar='INT')
+@click.option('--lr-scale', help='Multiply the learning rates (0.1 for finetuning, as in model rebalancing)', type=float, default=1.0)
+@click.option('--fp32', help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL')
+@click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL')
+@click.option('--nobench', help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL')
+@click.option('--allow-tf32', help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL')
+@click.option('--workers', help='Override number of DataLoader workers', type=int, default=3, metavar='INT')
+@click.option('--device', help='Where to train', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
+@click.option('--fair-method', help='Comma-separated training hooks: ' + ', '.join(['none'] + training_hooks.list_hooks()),
+              default='none')
+@_apply(_hook_cli_options())
+def train(outdir, dry_run, **kwargs):
+    """Train a StyleGAN2-ADA model, optionally with fairness methods (--fair-method).
+
+    \b
+    Examples:
+      python dataset_tool.py --source=toy:colored-digits --dest=colored.zip --resolution=16
+      python train.py --outdir=runs --data=colored.zip --cfg=tiny --kimg=2 --fair-method=dia
+    """
+    own = set(setup_training_options.__code__.co_varnames[:setup_training_options.__code__.co_argcount])
+    own_kwargs = {k: v for k, v in kwargs.items() if k in own}
+    desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
+
+    resume_files, run_dir, fresh = None, None, True
+    if kwargs.get('resume') is not None and (kwargs['resume'] == 'auto' or os.path.isdir(kwargs['resume'])):
+        found = find_resume_state(outdir, desc, kwargs['resume'])
+        if found is not None:
+            run_dir, pkl, state = found
+            resume_files, fresh = (pkl, state), False
+            print(f'Continuing {run_dir} from {os.path.basename(state)}')
+        elif kwargs['resume'] != 'auto':
+            raise UserError(f'--resume={kwargs["resume"]}: no complete training state in that folder')
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UserError(f'--outdir={outdir} is a file, not a folder; choose another --outdir')
+    if run_dir is None:
+        run_dir = next_run_dir(outdir, desc)
+
+    print()
+    print('Training options:')
+    print(json.dumps(args, indent=2))
+    print()
+    print(f'Output directory:   {run_dir}')
+    print(f'Training data:      {args["training_set_kwargs"]["path"]}')
+    print(f'Training duration:  {args["total_kimg"]} kimg')
+    print(f'Number of GPUs:     {args["num_gpus"]}')
+    print(f'Fairness methods:   {args["fair_method"]}')
+    print()
+    if dry_run:
+        print('Dry run; exiting.')
+        return
+    print('Creating output directory...')
+    launch(run_dir, args, resume_files, fresh)
+
+
+def main():
+    train()  # pylint: disable=no-value-for-parameter
