@@ -1,26 +1,11 @@
 """Image grids: the fixed snapshot grid of the training loop, and atomic PNG writes."""
 import os
-import tempfile
 
 import numpy as np
 import PIL.Image
 import torch
 
-
-def atomic_write(path, write_fn, suffix=''):
-    """Write through a temp file in the same folder and rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=suffix)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from .fileio import atomic_write
 
 
 def snapshot_grid(training_set, random_seed=0):

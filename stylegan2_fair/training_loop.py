@@ -100,7 +100,7 @@ class TrainingLoop:
         distributed.seed_everything(self.random_seed, self.rank, self.world_size)
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.allow_tf32
-        self.training_set = ImageFolderDataset(**self.training_set_kwargs)
+        self.training_set = ImageFolderDataset(**{k: v for k, v in self.training_set_kwargs.items() if k != 'class_name'})
         self._log(f'Dataset: {len(self.training_set)} images, shape {list(self.training_set.image_shape)}, '
                   f'label shape {list(self.training_set.label_shape)}')
         common = dict(c_dim=self.training_set.label_dim, img_resolution=self.training_set.resolution,

@@ -7,7 +7,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..imaging import atomic_write, to_uint8
+from ..fileio import atomic_write
+from ..imaging import to_uint8
 
 
 def parse_range(text):
@@ -64,7 +65,7 @@ def load_generator(network, device):
     if not os.path.isfile(network):
         raise click.UsageError(f'--network={network}: no such file')
     data = checkpoint.load_network_pkl(network)
-    G = data.get('G_ema') or data.get('G')
+    G = data.get('G_ema') if data.get('G_ema') is not None else data.get('G')
     if G is None:
         raise click.UsageError(f'{network} holds no generator (G_ema or G)')
     return data, G.eval().requires_grad_(False).to(device)

@@ -15,7 +15,7 @@ import torch
 
 import training_hooks
 from .. import distributed
-from ..imaging import atomic_write
+from ..fileio import atomic_write_text
 
 # cfg presets (facts file): ref_gpus, kimg, mb, mbstd, fmaps, lrate, gamma, ema, ramp, map.
 # 'tiny' is ours: a 2-core CPU trains it at 16x16 in seconds per kimg.
@@ -69,7 +69,7 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
     training_set_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True,
                                max_size=None, xflip=False)
     try:
-        training_set = ImageFolderDataset(**training_set_kwargs)
+        training_set = ImageFolderDataset(path=data, use_labels=True)
     except Exception as e:
         raise UserError(f'--data={data}: {e}') from e
     training_set_kwargs['resolution'] = training_set.resolution
@@ -280,8 +280,7 @@ def launch(run_dir, args, resume_files=None, fresh=True):
     """Write the run dir (fresh runs only) and start training on this process, spawned ones, or torchrun/SLURM ranks."""
     if fresh:
         os.makedirs(run_dir)
-        atomic_write(os.path.join(run_dir, 'training_options.json'),
-                     lambda f: f.write(json.dumps(args, indent=2).encode()))
+        atomic_write_text(os.path.join(run_dir, 'training_options.json'), json.dumps(args, indent=2))
     env = distributed.launch_env()
     if env is not None:  # torchrun or srun started one process per rank
         rank, world, local_rank, addr, port = env

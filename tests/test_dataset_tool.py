@@ -1,0 +1,218 @@
+"""Toy datasets and the dataset_tool `convert` command."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+
+from stylegan2_fair import toy_data
+from stylegan2_fair.cli.dataset_tool import convert
+from stylegan2_fair.dataset import ImageFolderDataset
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return CliRunner().invoke(convert, [str(a) for a in args])
+
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(array).save(path)
+
+
+# -- toy datasets -------------------------------------------------------------------------------
+
+def test_stacked_digits_channels_hold_the_digits_that_make_the_label():
+    from sklearn.neighbors import KNeighborsClassifier
+    data = toy_data.stacked_digits(900, resolution=16, seed=0)
+    digits = data.extras['channel_digits']
+    assert data.images.shape == (900, 16, 16, 3) and data.images.dtype == np.uint8
+    np.testing.assert_array_equal(data.labels, digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2])
+    # A classifier trained on channel images must read each channel's digit back.
+    pixels = data.images.transpose(0, 3, 1, 2).reshape(900 * 3, -1) / 255.0
+    targets = digits.reshape(-1)
+    model = KNeighborsClassifier(3).fit(pixels[:1800], targets[:1800])
+    assert model.score(pixels[1800:], targets[1800:]) > 0.85
+
+
+def test_stacked_digits_cover_many_of_the_1000_modes():
+    labels = toy_data.stacked_digits(3000, resolution=8, seed=1).labels
+    assert labels.min() >= 0 and labels.max() <= 999 and len(np.unique(labels)) > 900
+
+
+def test_colored_digits_minority_is_green_at_the_requested_fraction():
+    data = toy_data.colored_digits(4000, resolution=16, majority=0.9, seed=0)
+    red, green = data.attributes[:, 0], data.attributes[:, 1]
+    assert data.attribute_names == ['Red', 'Green'] and np.all(red ^ green)
+    assert abs(green.mean() - 0.1) < 0.01
+    assert data.images[green][..., 0].max() == 0 and data.images[red][..., 1].max() == 0
+    assert data.images[green][..., 1].max() > 0 and set(np.unique(data.labels)) == set(range(10))
+
+
+def test_longtail_digits_class_counts_decay_to_the_imbalance_ratio():
+    data = toy_data.longtail_digits(3000, resolution=8, imbalance=0.05, seed=0)
+    counts = np.bincount(data.labels, minlength=10)
+    assert counts.sum() == 3000 and np.all(np.diff(counts) < 0)
+    assert counts[9] / counts[0] == pytest.approx(0.05, rel=0.15)
+    assert np.all(data.images[..., 0] == data.images[..., 2])       # grayscale in 3 channels
+
+
+def test_toy_data_is_deterministic_by_seed_and_has_no_duplicates_beyond_the_source():
+    a = toy_data.colored_digits(2500, resolution=8, seed=3)
+    b = toy_data.colored_digits(2500, resolution=8, seed=3)
+    c = toy_data.colored_digits(2500, resolution=8, seed=4)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    assert len(np.unique(a.images.reshape(2500, -1), axis=0)) == 2500   # > 1797 source digits
+
+
+@pytest.mark.parametrize('make, kwargs, problem', [
+    (toy_data.stacked_digits, dict(resolution=12), 'power of two'),
+    (toy_data.colored_digits, dict(majority=1.5), 'majority'),
+    (toy_data.longtail_digits, dict(n=20, imbalance=0.01), 'too small'),
+])
+def test_toy_data_refuses_bad_arguments(make, kwargs, problem):
+    with pytest.raises(ValueError, match=problem):
+        make(**{'n': 100, **kwargs})
+
+
+# -- convert: toy sources -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('kind, options', [
+    ('stacked-digits', {}),
+    ('colored-digits', {'majority': 0.9}),
+    ('longtail-digits', {'imbalance': 0.2}),
+])
+def test_toy_source_converts_to_a_zip_the_dataset_loads(tmp_path, kind, options):
+    dest = tmp_path / f'{kind}.zip'
+    flags = [f'--{k}={v}' for k, v in options.items()]
+    result = run(f'--source=toy:{kind}', f'--dest={dest}', '--num-images=200', '--seed=5', '--resolution=16', *flags)
+    assert result.exit_code == 0, result.output
+    expected = toy_data.make_toy(kind, 200, resolution=16, seed=5, **options)
+    dataset = ImageFolderDataset(str(dest), use_labels=True)
+    assert len(dataset) == 200 and dataset.image_shape == [3, 16, 16]
+    assert dataset.attribute_names == expected.attribute_names
+    np.testing.assert_array_equal([dataset.get_label(i).argmax() for i in range(200)], expected.labels)
+    np.testing.assert_array_equal(dataset.get_attributes(np.arange(200)), expected.attributes)
+    np.testing.assert_array_equal(dataset[7][0], expected.images[7].transpose(2, 0, 1))
+    with zipfile.ZipFile(dest) as zf:
+        assert '00000/img00000199.png' in zf.namelist()
+
+
+def test_launcher_at_the_repo_root_runs_the_command(tmp_path):
+    dest = tmp_path / 'toy.zip'
+    subprocess.run([sys.executable, 'dataset_tool.py', '--source=toy:colored-digits', f'--dest={dest}',
+                    '--num-images=50', '--resolution=8'], cwd=REPO_ROOT, check=True, capture_output=True)
+    assert len(ImageFolderDataset(str(dest))) == 50
+
+
+# -- convert: image sources ---------------------------------------------------------------------
+
+def test_image_folder_is_cropped_resized_and_keeps_its_labels(tmp_path):
+    source = tmp_path / 'src'
+    rng = np.random.default_rng(0)
+    names = ['b/x.png', 'a/y.jpg', 'a/z.png']
+    for name in names:
+        save(source / name, rng.integers(0, 256, [20, 30, 3], dtype=np.uint8))
+    (source / 'dataset.json').write_text(json.dumps({'labels': [[n, i] for i, n in enumerate(names)]}))
+    result = run(f'--source={source}', f'--dest={tmp_path / "out.zip"}', '--resolution=16')
+    assert result.exit_code == 0, result.output
+    dataset = ImageFolderDataset(str(tmp_path / 'out.zip'), use_labels=True)
+    assert dataset.image_shape == [3, 16, 16]
+    # Output order is the sorted source order: a/y.jpg, a/z.png, b/x.png -> labels 1, 2, 0.
+    assert [int(dataset.get_label(i).argmax()) for i in range(3)] == [1, 2, 0]
+
+
+def test_max_images_keeps_the_first_sorted_images(tmp_path):
+    for i in range(5):
+        save(tmp_path / 'src' / f'{i}.png', np.full([8, 8], i * 40, np.uint8))
+    assert run(f'--source={tmp_path / "src"}', f'--dest={tmp_path / "out"}', '--max-images=3').exit_code == 0
+    dataset = ImageFolderDataset(str(tmp_path / 'out'))
+    assert len(dataset) == 3 and dataset.num_channels == 1
+    assert [int(dataset[i][0].max()) for i in range(3)] == [0, 40, 80]
+
+
+def test_mixed_gray_and_colour_sources_become_rgb(tmp_path):
+    save(tmp_path / 'src' / 'a.png', np.zeros([8, 8], np.uint8))
+    save(tmp_path / 'src' / 'b.png', np.zeros([8, 8, 4], np.uint8))
+    assert run(f'--source={tmp_path / "src"}', f'--dest={tmp_path / "o.zip"}').exit_code == 0
+    assert ImageFolderDataset(str(tmp_path / 'o.zip')).num_channels == 3
+
+
+def test_mixed_sizes_without_resolution_ask_for_it(tmp_path):
+    save(tmp_path / 'src' / 'a.png', np.zeros([8, 8, 3], np.uint8))
+    save(tmp_path / 'src' / 'b.png', np.zeros([16, 16, 3], np.uint8))
+    result = run(f'--source={tmp_path / "src"}', f'--dest={tmp_path / "o.zip"}')
+    assert result.exit_code != 0 and '--resolution' in result.output
+    assert not (tmp_path / 'o.zip').exists()
+
+
+def test_labels_from_subfolders(tmp_path):
+    for name in ['dog/1.png', 'cat/1.png', 'cat/2.png']:
+        save(tmp_path / 'src' / name, np.zeros([8, 8, 3], np.uint8))
+    assert run(f'--source={tmp_path / "src"}', f'--dest={tmp_path / "o.zip"}', '--labels-from=subfolder').exit_code == 0
+    dataset = ImageFolderDataset(str(tmp_path / 'o.zip'), use_labels=True)
+    assert [int(dataset.get_label(i).argmax()) for i in range(3)] == [0, 0, 1]     # cat=0, dog=1
+
+
+CELEBA_ATTRS = ['Eyeglasses', 'Male', 'Smiling']
+CELEBA_VALUES = {'000001.jpg': [-1, 1, 1], '000002.jpg': [1, -1, -1], '000003.jpg': [-1, -1, 1]}
+
+
+@pytest.fixture
+def celeba(tmp_path):
+    source = tmp_path / 'img_align_celeba'
+    for name in CELEBA_VALUES:
+        save(source / name, np.zeros([16, 12, 3], np.uint8))
+    attr_file = tmp_path / 'list_attr_celeba.txt'
+    lines = [str(len(CELEBA_VALUES)), ' '.join(CELEBA_ATTRS)]
+    lines += [f'{name}  ' + ' '.join(f'{v:2d}' for v in values) for name, values in CELEBA_VALUES.items()]
+    attr_file.write_text('\n'.join(lines) + '\n')
+    return source, attr_file
+
+
+def test_celeba_attribute_list_is_merged_as_binary_attributes(tmp_path, celeba):
+    source, attr_file = celeba
+    result = run(f'--source={source}', f'--dest={tmp_path / "c.zip"}', '--resolution=8',
+                 f'--attributes={attr_file}', '--labels-from=attributes:Eyeglasses')
+    assert result.exit_code == 0, result.output
+    dataset = ImageFolderDataset(str(tmp_path / 'c.zip'), use_labels=True)
+    assert dataset.attribute_names == CELEBA_ATTRS
+    expected = np.array(list(CELEBA_VALUES.values())) > 0
+    np.testing.assert_array_equal(dataset.get_attributes(np.arange(3)), expected)
+    assert [int(dataset.get_label(i).argmax()) for i in range(3)] == [0, 1, 0]
+
+
+def test_celeba_attribute_list_must_cover_every_image(tmp_path, celeba):
+    source, attr_file = celeba
+    save(source / '000004.jpg', np.zeros([16, 12, 3], np.uint8))
+    result = run(f'--source={source}', f'--dest={tmp_path / "c.zip"}', '--resolution=8', f'--attributes={attr_file}')
+    assert result.exit_code != 0 and '000004.jpg' in result.output and '--max-images' in result.output
+
+
+# -- dest safety --------------------------------------------------------------------------------
+
+def test_existing_dest_is_not_clobbered_without_overwrite(tmp_path):
+    dest = tmp_path / 'keep.zip'
+    dest.write_bytes(b'precious')
+    result = run('--source=toy:colored-digits', f'--dest={dest}', '--num-images=20', '--resolution=8')
+    assert result.exit_code != 0 and '--overwrite' in result.output
+    assert dest.read_bytes() == b'precious'
+    result = run('--source=toy:colored-digits', f'--dest={dest}', '--num-images=20', '--resolution=8', '--overwrite')
+    assert result.exit_code == 0 and len(ImageFolderDataset(str(dest))) == 20
+
+
+def test_failed_conversion_leaves_no_partial_files(tmp_path):
+    source = tmp_path / 'src'
+    save(source / 'a.png', np.zeros([8, 8, 3], np.uint8))
+    save(source / 'b.png', np.random.default_rng(0).integers(0, 256, [8, 8, 3], dtype=np.uint8))
+    (source / 'b.png').write_bytes((source / 'b.png').read_bytes()[:60])   # header intact, pixels cut off
+    result = run(f'--source={source}', f'--dest={tmp_path / "out.zip"}', '--resolution=8')
+    assert result.exit_code != 0 and 'b.png' in result.output
+    assert sorted(os.listdir(tmp_path)) == ['src']
