@@ -94,6 +94,7 @@ class TrainingLoop:
         self.batch_idx = 0
         self.stats_jsonl = None
         self.tb_writer = None
+        self.ada_signs = np.zeros(2)  # [sum of sign(D(real)), count] since the last ADA update
 
     # Setup ----------------------------------------------------------------------------------------
     def setup(self):
@@ -147,7 +148,8 @@ class TrainingLoop:
         if self.resume_state is not None:
             self._load_training_state(self.resume_state)
         self.sampler = InfiniteSampler(len(self.training_set), self.rank, self.world_size, seed=self.random_seed)
-        self._refresh_sampler(initial=True)
+        # A request still pending at the snapshot is served now, its new stream starting at 0 as it would have.
+        self._refresh_sampler(initial=not self.sampler_requested)
         if self.rank == 0:
             self._setup_outputs()
 
@@ -163,7 +165,10 @@ class TrainingLoop:
         self.sampler_requested = False
 
     def make_stream(self, sampler, batch_size):
+        # A private generator: creating a loader iterator must not draw from the global RNG, or a
+        # resumed run would drift from an uninterrupted one.
         loader = torch.utils.data.DataLoader(self.training_set, sampler=sampler, batch_size=batch_size,
+                                             generator=torch.Generator().manual_seed(self.random_seed),
                                              **self.data_loader_kwargs)
         for img, c, idx in loader:
             yield (img.to(self.device).to(torch.float32) / 127.5 - 1), c.to(self.device), idx.to(self.device)
@@ -203,8 +208,7 @@ class TrainingLoop:
         self.tick_start_nimg = self.cur_nimg
         self.tick_start_time = self.start_time = time.time()
         self.last_snapshot_time = self.start_time
-        self.ada_signs = np.zeros(2)
-        done = False
+        done = self.cur_nimg >= self.total_kimg * 1000  # a resumed run may already be complete
         while not done:
             self._step()
             done = self.cur_nimg >= self.total_kimg * 1000 or (self.abort_fn is not None and self.abort_fn())
@@ -326,7 +330,10 @@ class TrainingLoop:
     def _training_state(self):
         return dict(
             cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, batch_idx=self.batch_idx,
-            sampler_position=self.sampler_position, pl_mean=self.loss.pl_mean.clone(),
+            sampler_position=self.sampler_position, sampler_requested=self.sampler_requested,
+            pl_mean=self.loss.pl_mean.clone(),
+            augment_p=float(self.augment_pipe.p) if self.augment_pipe is not None else None,
+            ada_signs=[float(x) for x in self.ada_signs],
             G_opt=self.phases[0]['opt'].state_dict(), D_opt=self.phases[-1]['opt'].state_dict(),
             rng=distributed.rng_states(),
             hooks={hook.name: hook.state_dict() for hook in self.hooks},
@@ -336,7 +343,11 @@ class TrainingLoop:
         self.cur_nimg = self.prev_nimg = state['cur_nimg']
         self.cur_tick, self.batch_idx = state['cur_tick'], state['batch_idx']
         self.sampler_position = state['sampler_position']
+        self.sampler_requested = bool(state.get('sampler_requested', False))
         self.loss.pl_mean.copy_(state['pl_mean'])
+        if self.augment_pipe is not None and state['augment_p'] is not None:
+            self.augment_pipe.p.copy_(torch.as_tensor(state['augment_p']))
+        self.ada_signs = np.asarray(state['ada_signs'], dtype=np.float64)
         self.phases[0]['opt'].load_state_dict(state['G_opt'])
         self.phases[-1]['opt'].load_state_dict(state['D_opt'])
         for hook in self.hooks:

@@ -1,0 +1,1 @@
+"""Reference (pure PyTorch) implementations of the StyleGAN2 custom ops."""
