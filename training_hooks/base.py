@@ -98,7 +98,7 @@ def _import_builtin_hooks():
     import pkgutil
     import training_hooks
     for info in pkgutil.iter_modules(training_hooks.__path__):
-        if info.name not in ('base', 'patch') and not info.name.startswith('_'):
+        if info.name not in ('base', 'patch', 'official_adapter') and not info.name.startswith('_'):
             importlib.import_module(f'training_hooks.{info.name}')
 
 
