@@ -6,7 +6,7 @@ setup(
     description='Fairness and coverage methods for StyleGAN2-ADA training (Inclusive GAN, '
                 'Self-Diagnosing GAN, model rebalancing), compatible with official checkpoints.',
     packages=find_packages(include=['stylegan2_fair', 'stylegan2_fair.*', 'training_hooks', 'training_hooks.*']),
-    package_data={'stylegan2_fair': ['ops/*.cu', 'ops/*.cpp', 'ops/*.h']},
+    package_data={'stylegan2_fair': ['ops/cuda/*.cu', 'ops/cuda/*.cpp', 'ops/cuda/*.h', 'ops/cuda/*.cuh']},
     python_requires='>=3.9',
     install_requires=[
         'torch>=2.0',
@@ -24,6 +24,7 @@ setup(
     extras_require={
         'deepface': ['deepface>=0.0.93'],
         'tensorboard': ['tensorboard>=2.10'],
+        'nriqa': ['piq>=0.8'],
         'test': ['pytest>=7.0'],
     },
     entry_points={'console_scripts': ['stylegan2-fair=stylegan2_fair.cli.main:main']},

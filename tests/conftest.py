@@ -3,6 +3,11 @@ import os
 import pathlib
 
 import pytest
+import torch
+
+# One intra-op thread: the tests use tiny tensors, where a second thread mostly adds contention
+# (up to 60x slower when the machine is busy) and makes runs less reproducible.
+torch.set_num_threads(1)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -132,8 +132,11 @@ def plot_class_distribution(path, class_names, series, title=None):
 
 
 @register_metric('fairness')
-def fairness_from_options(opts, fairness_num_sets=5, fairness_set_size=10000, fairness_plot=None):
-    """calc_metrics entry: opts.G under opts.classifier; results flattened for metric-fairness.jsonl."""
+def fairness_from_options(opts, fairness_num_sets=5, fairness_set_size=10000, fairness_plot=None, balance=False,
+                          balance_target=None, balance_calib=1000, balance_min_acceptance=0.0, trunc_mode='global',
+                          centroid_samples=10000, network_pkl=None):
+    """calc_metrics entry: opts.G under opts.classifier; results flattened for metric-fairness.jsonl.
+    balance / trunc_mode='class': score the fair samplers of fair_generation.py instead of plain G(z, c)."""
     if opts.classifier is None:
         raise ValueError('the fairness metric needs --classifier (e.g. labels:clf.pt or deepface:race)')
     label_fn = None
@@ -141,14 +144,19 @@ def fairness_from_options(opts, fairness_num_sets=5, fairness_set_size=10000, fa
         from .features import random_labels
         rng = np.random.default_rng([opts.seed, opts.rank])
         label_fn = lambda n: random_labels(opts, n, rng)  # noqa: E731  (the dataset's label distribution)
+    from ..fair_generation import sampler_from_options
+    sampler = sampler_from_options(opts, label_fn, balance, balance_target, balance_calib, balance_min_acceptance,
+                                   trunc_mode, centroid_samples, network_pkl)
     G_kwargs = dict(opts.G_kwargs)
     result = fairness_metric(opts.G, opts.classifier, num_sets=fairness_num_sets, set_size=fairness_set_size,
                              batch=opts.batch_size, truncation_psi=G_kwargs.pop('truncation_psi', 1),
                              device=opts.device, seed=opts.seed, label_fn=label_fn,
                              noise_mode=G_kwargs.pop('noise_mode', 'const'), rank=opts.rank,
-                             world_size=opts.num_gpus, plot_path=fairness_plot)
+                             world_size=opts.num_gpus, plot_path=fairness_plot, sampler=sampler)
     flat = dict(fairness=result['fairness_mean'], fairness_std=result['fairness_std'],
                 fairness_soft=result['fairness_soft_mean'], fairness_soft_std=result['fairness_soft_std'])
+    if balance:
+        flat['fairness_acceptance_rate'] = sampler.acceptance_rate
     for name, count in zip(result['class_names'], result['histogram']):
         flat[f'fairness_count/{name}'] = count
     return flat
