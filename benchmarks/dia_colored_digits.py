@@ -1,0 +1,298 @@
+"""Self-Diagnosing GAN (Dia-GAN) vs vanilla StyleGAN2 on colored digits (99% red, 1% green).
+
+The CPU-sized stand-in for the paper's Colored-MNIST experiment (Lee et al. 2021, Table 5, rho=99%):
+both runs use `--cfg=tiny --aug=noaug` networks (shrunk, see --channels), the same data, budget
+(kimg) and seed; their training steps are interleaved in one process, each with its own RNG
+streams, so both see the same machine load and each draws exactly what a standalone run would.
+Dia's phase 1 is therefore the vanilla run itself (LDR recording does not touch training); the runs
+differ from phase 2 on (the last 20% by default).
+
+Figures (G_ema samples, --samples of each):
+  - minority share: the fraction of green samples (colour statistics: an image is green when its
+    green channel carries more ink than its red one; checked on the real data, see classifier_acc);
+    vanilla, dia (raw G), dia + DRS with the auxiliary D (the paper's phase 3), vanilla + DRS.
+  - reconstruction error RE(x) = ||CAE(x) - x||_2 / 32 (pixels in [0, 1]) of a small conv
+    auto-encoder trained on each model's samples, on real minority images: the training set's green
+    images and --fresh unseen green digits (and unseen red ones as a majority check); mean over
+    --cae-seeds auto-encoders.
+  - overhead: seconds spent in LDR recording (phase 1) and in the auxiliary D (phase 2), as a share
+    of the dia run's own remaining step time in that phase, and dia vs vanilla step time.
+
+    python benchmarks/dia_colored_digits.py                 # ~12 min on 2 busy CPU cores
+    python benchmarks/dia_colored_digits.py --kimg=2 --samples=1000 --cae-epochs=2   # smoke run
+
+Prints the figures and a markdown table; writes results.json and sample grids to --workdir.
+"""
+import json
+import os
+import platform
+import random
+import sys
+import time
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def make_loop(data, run_dir, kimg, seed, batch, channels, method, hook_kwargs):
+    """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, with smaller networks."""
+    import training_hooks
+    from stylegan2_fair.cli.train import setup_training_options
+    from stylegan2_fair.training_loop import TrainingLoop
+    cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
+    _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, batch=batch, aug='noaug', workers=0,
+                                     seed=seed, device='cpu', fair_method=method, snap=10 ** 6, hook_kwargs=cli)
+    args['G_kwargs']['synthesis_kwargs'].update(channel_base=8 * channels, channel_max=channels)
+    args['D_kwargs'].update(channel_base=8 * channels, channel_max=channels)
+    hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+    kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
+    return TrainingLoop(run_dir=run_dir, hooks=hooks, device='cpu', progress=False, **kwargs)
+
+
+class RngSlot:
+    """One run's global RNG streams, swapped in around its steps."""
+
+    def __init__(self):
+        self.save()
+
+    def save(self):
+        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    def load(self):
+        random.setstate(self.state[0])
+        np.random.set_state(self.state[1])
+        torch.set_rng_state(self.state[2])
+
+
+def timed(obj, name, bucket):
+    """Wrap obj.name so that its wall time is added to bucket[name]."""
+    original = getattr(obj, name)
+    bucket[name] = 0.0
+
+    def wrapper(*args, **kwargs):
+        start = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            bucket[name] += time.time() - start
+    setattr(obj, name, wrapper)
+
+
+def train_interleaved(vanilla, dia):
+    """Alternate steps of the two loops; per-phase step seconds of each, and dia's hook seconds."""
+    slots = {}
+    for name, loop in (('vanilla', vanilla), ('dia', dia)):
+        loop.setup()
+        slots[name] = RngSlot()
+    hook = dia.hooks[0]
+    hook_sec = {}
+    timed(hook, 'record_ldr', hook_sec)
+    timed(hook, 'train_aux', hook_sec)
+    timed(hook, 'start_phase2', hook_sec)  # one-off: scores, report files, aux D copy
+    step_sec = {f'{name}_phase{p}': 0.0 for name in slots for p in (1, 2)}
+    hook_by_phase = {'record_ldr_phase1': 0.0, 'record_ldr_phase2': 0.0, 'train_aux_phase2': 0.0, 'start_phase2': 0.0}
+    steps = {1: 0, 2: 0}
+    while dia.cur_nimg < dia.total_kimg * 1000:
+        phase = 2 if hook.phase2 else 1
+        steps[phase] += 1
+        for name, loop in (('vanilla', vanilla), ('dia', dia)):
+            before = dict(hook_sec)
+            slots[name].load()
+            start = time.time()
+            loop._step()
+            step_sec[f'{name}_phase{phase}'] += time.time() - start
+            slots[name].save()
+            if name == 'dia':
+                hook_by_phase[f'record_ldr_phase{phase}'] += hook_sec['record_ldr'] - before['record_ldr']
+                hook_by_phase['start_phase2'] += hook_sec['start_phase2'] - before['start_phase2']
+                if phase == 2:
+                    hook_by_phase['train_aux_phase2'] += hook_sec['train_aux'] - before['train_aux']
+    for loop in (vanilla, dia):
+        for h in loop.hooks:
+            h.on_train_end(loop.run)
+    return step_sec, hook_by_phase, steps
+
+
+@torch.no_grad()
+def generate(G, n, seed, batch=256):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch):
+        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)
+        out.append(G(z, torch.zeros([len(z), G.c_dim]), noise_mode='const').clamp(-1, 1))
+    return torch.cat(out)
+
+
+def green_share(images):
+    """Colour statistics: green when the green channel holds more ink than the red one."""
+    ink = (images + 1) / 2
+    return float((ink[:, 1].sum((1, 2)) > ink[:, 0].sum((1, 2))).float().mean())
+
+
+class ConvAutoEncoder(torch.nn.Module):
+    """A small CAE with a 4x4x8 bottleneck at 8x8 (or R/4 x R/4 x 8 at resolution R)."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.encode = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, stride=1, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 4, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 8, 3, padding=1))
+        self.decode = torch.nn.Sequential(
+            torch.nn.Conv2d(8, width, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 3, 3, padding=1), torch.nn.Sigmoid())
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+def train_cae(images01, seed, epochs, batch=128):
+    torch.manual_seed(seed)
+    cae = ConvAutoEncoder()
+    opt = torch.optim.Adam(cae.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(images01), generator=gen).split(batch):
+            loss = F.mse_loss(cae(images01[idx]), images01[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return cae.eval()
+
+
+@torch.no_grad()
+def reconstruction_error(cae, images01):
+    """RE(x) = ||CAE(x) - x||_2 / 32 per image (the paper's normalisation)."""
+    return ((cae(images01) - images01).flatten(1).norm(dim=1) / 32).numpy()
+
+
+def to01(images):
+    return (images + 1) / 2
+
+
+@click.command()
+@click.option('--workdir', default='/tmp/dia-bench', show_default=True)
+@click.option('--kimg', type=int, default=15, show_default=True, help='Training length of both runs')
+@click.option('--num-images', type=int, default=1000, show_default=True, help='Training images (1% green)')
+@click.option('--majority', type=float, default=0.99, show_default=True)
+@click.option('--resolution', type=int, default=8, show_default=True)
+@click.option('--batch', type=int, default=16, show_default=True)
+@click.option('--channels', type=int, default=32, show_default=True, help='channel_max of G and D (base = 8x)')
+@click.option('--dia-k', type=float, default=1.0, show_default=True, help='k of Eq. 7 (paper, Colored-MNIST: 1)')
+@click.option('--dia-phase2-kimg', type=float, help='Start of Dia phase 2 [default: 80% of --kimg, as the paper]')
+@click.option('--samples', type=int, default=5000, show_default=True, help='G_ema samples per model')
+@click.option('--fresh', type=int, default=1000, show_default=True, help='Unseen real images per colour for RE')
+@click.option('--cae-epochs', type=int, default=15, show_default=True)
+@click.option('--cae-seeds', type=int, default=2, show_default=True)
+@click.option('--threads', type=int, default=1, show_default=True,
+              help='torch threads (1 on a shared 2-core machine: 2 threads oversubscribe it badly)')
+@click.option('--seed', type=int, default=0, show_default=True)
+def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k, dia_phase2_kimg, samples, fresh,
+         cae_epochs, cae_seeds, threads, seed):
+    from stylegan2_fair.cli.dataset_tool import convert_dataset
+    from stylegan2_fair.drs import drs_sample
+    from stylegan2_fair.toy_data import make_toy
+    torch.set_num_threads(threads)
+    os.makedirs(workdir, exist_ok=True)
+    t_start = time.time()
+    data_path = os.path.join(workdir, f'colored-{num_images}-{majority}-{resolution}.zip')
+    if not os.path.exists(data_path):
+        convert_dataset('toy:colored-digits', data_path, num_images=num_images, resolution=resolution, seed=seed,
+                        majority=majority, progress=False)
+    data = make_toy('colored-digits', num_images, resolution=resolution, seed=seed, majority=majority)
+    reals = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    is_green = torch.from_numpy(data.extras['color'] == 1)
+    # Unseen digits of each colour, from the same generator with another seed.
+    held = make_toy('colored-digits', 2 * fresh, resolution=resolution, seed=seed + 1000, majority=0.5)
+    held_imgs = torch.from_numpy(held.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    held_green = torch.from_numpy(held.extras['color'] == 1)
+    results = dict(kimg=kimg, num_images=num_images, minority_images=int(is_green.sum()), majority=majority,
+                   resolution=resolution, batch=batch, channels=channels, dia_k=dia_k,
+                   dia_phase2_kimg=dia_phase2_kimg, samples=samples,
+                   seed=seed, threads=threads, machine=f'{platform.machine()}, {os.cpu_count()} cores',
+                   torch=torch.__version__)
+    # The colour rule on real images (ground truth known).
+    predicted = torch.tensor([green_share(img[None]) > 0.5 for img in torch.cat([reals, held_imgs])])
+    results['classifier_acc'] = float((predicted == torch.cat([is_green, held_green])).float().mean())
+    results['data_green_share'] = float(is_green.float().mean())
+
+    vanilla = make_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, batch, channels, 'none', {})
+    dia_options = dict(k=dia_k) if dia_phase2_kimg is None else dict(k=dia_k, phase2_kimg=dia_phase2_kimg)
+    dia = make_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, batch, channels, 'dia', dia_options)
+    step_sec, hook_sec, steps = train_interleaved(vanilla, dia)
+    hook = dia.hooks[0]
+    plain1 = step_sec['dia_phase1'] - hook_sec['record_ldr_phase1'] - hook_sec['start_phase2']
+    plain2 = step_sec['dia_phase2'] - hook_sec['train_aux_phase2'] - hook_sec['record_ldr_phase2']
+    kimg_of = lambda n: n * batch / 1000
+    results['timing'] = dict(
+        steps=steps, step_sec=step_sec, hook_sec=hook_sec, ldr_records=hook.history.count,
+        record_every_kimg=hook.record_every, phase2_kimg=hook.phase2_kimg,
+        vanilla_sec_per_kimg=(step_sec['vanilla_phase1'] + step_sec['vanilla_phase2']) / kimg_of(sum(steps.values())),
+        dia_sec_per_kimg=(step_sec['dia_phase1'] + step_sec['dia_phase2']) / kimg_of(sum(steps.values())),
+        ldr_overhead=hook_sec['record_ldr_phase1'] / plain1,
+        aux_overhead=hook_sec['train_aux_phase2'] / plain2,
+        dia_vs_vanilla_phase1=(step_sec['dia_phase1'] - hook_sec['start_phase2']) / step_sec['vanilla_phase1'] - 1,
+        dia_vs_vanilla_phase2=step_sec['dia_phase2'] / step_sec['vanilla_phase2'] - 1)
+    greens_in_top = torch.argsort(hook.raw_scores, descending=True)[:int(is_green.sum())]
+    results['scores'] = dict(
+        green_mean_score=float(hook.scores[is_green].mean()), red_mean_score=float(hook.scores[~is_green].mean()),
+        green_mean_ldrv=float(hook.ldrv[is_green].mean()), red_mean_ldrv=float(hook.ldrv[~is_green].mean()),
+        greens_among_top_scores=int(is_green[greens_in_top].sum()),
+        green_sampling_share=float(hook.scores[is_green].sum() / hook.scores.sum()))
+    print(json.dumps(results['timing'], indent=1), flush=True)
+    print(json.dumps(results['scores'], indent=1), flush=True)
+
+    # Samples.
+    sets = {'vanilla': generate(vanilla.G_ema, samples, seed + 2), 'dia': generate(dia.G_ema, samples, seed + 2)}
+    drs_runs = {'dia + DRS (aux D)': (dia.G_ema, hook.aux_D), 'vanilla + DRS (its D)': (vanilla.G_ema, vanilla.D)}
+    results['drs'] = {}
+    for name, (G, D) in drs_runs.items():
+        start = time.time()
+        res = drs_sample(G, D, samples, batch=64, generator=torch.Generator().manual_seed(seed + 3))
+        sets[name] = res.images
+        results['drs'][name] = dict(acceptance_rate=res.acceptance_rate, sec=time.time() - start)
+    results['models'] = {}
+    for name, images in sets.items():
+        res = {'green_share': green_share(images)}
+        cae_re = {'train_green': [], 'fresh_green': [], 'fresh_red': []}
+        for s in range(cae_seeds):
+            cae = train_cae(to01(images), seed=seed + 10 + s, epochs=cae_epochs)
+            cae_re['train_green'].append(float(reconstruction_error(cae, to01(reals[is_green])).mean()))
+            cae_re['fresh_green'].append(float(reconstruction_error(cae, to01(held_imgs[held_green])).mean()))
+            cae_re['fresh_red'].append(float(reconstruction_error(cae, to01(held_imgs[~held_green])).mean()))
+        res.update({f're_{k}': float(np.mean(v)) for k, v in cae_re.items()})
+        res.update({f're_{k}_std': float(np.std(v)) for k, v in cae_re.items()})
+        results['models'][name] = res
+        print(name, json.dumps(res), flush=True)
+        import stylegan2_fair.imaging as imaging
+        imaging.save_image_grid(images[:256].numpy(), os.path.join(workdir, f'samples-{name.split()[0]}'
+                                f'{"-drs" if "DRS" in name else ""}.png'), (-1, 1), (16, 16))
+    results['total_sec'] = time.time() - t_start
+
+    v, d = results['models']['vanilla'], results['models']['dia + DRS (aux D)']
+    lines = ['| model | green share | RE train greens | RE fresh greens | RE fresh reds |', '|---|---|---|---|---|',
+             f'| data | {results["data_green_share"]:.3%} | | | |']
+    for name, r in results['models'].items():
+        lines.append(f'| {name} | {r["green_share"]:.2%} | {r["re_train_green"]:.4f} | {r["re_fresh_green"]:.4f} '
+                     f'| {r["re_fresh_red"]:.4f} |')
+    t = results['timing']
+    change = lambda key: d[key] / v[key] - 1
+    lines += ['', f'minority RE, dia+DRS vs vanilla: fresh greens {change("re_fresh_green"):+.1%}, '
+              f'training-set greens {change("re_train_green"):+.1%}',
+              f'overhead: LDR {t["ldr_overhead"]:.1%} of phase-1 step time, aux D {t["aux_overhead"]:.1%} of '
+              f'phase-2 step time; vanilla {t["vanilla_sec_per_kimg"]:.1f} s/kimg, '
+              f'dia {t["dia_sec_per_kimg"]:.1f} s/kimg']
+    results['table'] = '\n'.join(lines)
+    print(results['table'])
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
