@@ -127,12 +127,14 @@ def parse_metric_list(ctx, param, value):
 @click.option('--verbose', type=bool, default=True, help='Progress bars')
 @click.option('--balance', is_flag=True, help='fairness: score class-balanced rejection sampling under --classifier')
 @click.option('--target', 'balance_target', metavar='SHARES', help='--balance: class shares [default: uniform]')
-@click.option('--calib', 'balance_calib', type=click.IntRange(min=1), default=1000, help='--balance: calibration candidates')
+@click.option('--calib', 'balance_calib', type=click.IntRange(min=1), default=1000,
+              help='--balance: calibration candidates')
 @click.option('--min-acceptance', 'balance_min_acceptance', type=click.FloatRange(0, 1), default=0.0,
               help='--balance: relax the target of classes G hardly draws to keep this acceptance rate')
 @click.option('--trunc-mode', type=click.Choice(['global', 'class']), default='global',
               help='fairness: truncate toward w_avg (global) or toward each sample\'s class centroid (class)')
-@click.option('--centroid-samples', type=click.IntRange(min=1), default=10000, help='--trunc-mode=class: mapping samples')
+@click.option('--centroid-samples', type=click.IntRange(min=1), default=10000,
+              help='--trunc-mode=class: mapping samples')
 def calc_metrics(network_pkl, metrics, data, mirror, num_gpus, device, detector_search, run_dir, classifier,
                  lpips_backbone, niqe_model, truncation_psi, batch_size, cache, seed, metric_args, verbose, balance,
                  balance_target, balance_calib, balance_min_acceptance, trunc_mode, centroid_samples):

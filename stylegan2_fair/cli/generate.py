@@ -84,7 +84,25 @@ def save_png(array_hwc, path):
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const')
 @click.option('--outdir', help='Where to save the output images', required=True, metavar='DIR')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
-def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device):
+@click.option('--drs', is_flag=True, help='Discriminator rejection sampling with the auxiliary D of a Dia-GAN '
+              'snapshot: as many images as --seeds lists, latents drawn from the first seed')
+@click.option('--drs-percentile', type=float, default=80, help='DRS: percentile of F per batch used as gamma')
+@click.option('--balance', is_flag=True, help='Class-balanced rejection sampling under --classifier: as many images '
+              'as --seeds lists, latents drawn from the first seed (combines with --drs)')
+@click.option('--classifier', metavar='SPEC',
+              help='Classifier for --balance and --trunc-mode=class, e.g. labels:clf.pt')
+@click.option('--target', metavar='SHARES',
+              help='--balance: class shares, 0.1,0.2,... or name=share,... [default: uniform]')
+@click.option('--calib', type=click.IntRange(min=1), default=1000,
+              help='--balance: candidates classified before sampling')
+@click.option('--min-acceptance', type=click.FloatRange(0, 1), default=0.0,
+              help='--balance: keep the acceptance rate near this by relaxing the target of classes G hardly draws')
+@click.option('--trunc-mode', type=click.Choice(['global', 'class']), default='global',
+              help='Truncate toward w_avg (global) or toward the w centroid of each sample\'s class (class)')
+@click.option('--centroid-samples', type=click.IntRange(min=1), default=10000,
+              help='--trunc-mode=class: mapping samples behind the class centroids (cached next to the pickle)')
+def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device, drs, drs_percentile, balance,
+             classifier, target, calib, min_acceptance, trunc_mode, centroid_samples):
     """Generate images with a trained network.
 
     \b
@@ -94,12 +112,92 @@ def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, 
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise click.UsageError(f'--outdir={outdir} is a file; choose a folder')
-    _, G = load_generator(network_pkl, device)
+    data, G = load_generator(network_pkl, device)
+    if balance or (trunc_mode == 'class' and truncation_psi != 1):
+        return generate_fair(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device,
+                             drs, drs_percentile, balance, classifier, target, calib, min_acceptance, trunc_mode,
+                             centroid_samples)
+    if drs:
+        return generate_drs(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device,
+                            drs_percentile)
     os.makedirs(outdir, exist_ok=True)
     images = generate_images(G, seeds, truncation_psi, class_idx, noise_mode, device)
     for seed, image in zip(seeds, images):
         save_png(image, os.path.join(outdir, f'seed{seed:04d}.png'))
     print(f'Wrote {len(seeds)} images to {outdir}')
+
+
+def generate_drs(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device, percentile):
+    """--drs: len(seeds) images accepted by DRS under the snapshot's D_aux (stylegan2_fair/drs.py)."""
+    from ..drs import aux_discriminator, drs_sample
+    try:
+        D = aux_discriminator(data, network_pkl).eval().to(device)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    label = class_label(G, class_idx, device)[0] if G.c_dim else None
+    result = drs_sample(G, D, len(seeds), c=label, percentile=percentile, truncation_psi=truncation_psi,
+                        noise_mode=noise_mode, generator=torch.Generator().manual_seed(seeds[0]))
+    os.makedirs(outdir, exist_ok=True)
+    for i, image in enumerate(to_uint8(result.images.numpy(), (-1, 1)).transpose(0, 2, 3, 1)):
+        save_png(image, os.path.join(outdir, f'drs{i:04d}.png'))
+    print(f'DRS acceptance rate {result.acceptance_rate:.3f} ({result.num_accepted} of {result.num_proposed} '
+          f'proposals); wrote {len(seeds)} images to {outdir}')
+    return result
+
+
+def generate_fair(data, G, network_pkl, seeds, psi, class_idx, noise_mode, outdir, device, drs, drs_percentile,
+                  balance, classifier_spec, target, calib, min_acceptance, trunc_mode, centroid_samples):
+    """--balance and/or --trunc-mode=class (stylegan2_fair/fair_generation.py)."""
+    from .. import fair_generation as fg
+    from ..classifiers import create_classifier
+    if classifier_spec is None:
+        raise click.UsageError('--balance and --trunc-mode=class need --classifier (e.g. labels:clf.pt)')
+    try:
+        classifier = create_classifier(classifier_spec, device=device, img_resolution=G.img_resolution)
+        target = fg.resolve_target(target, classifier.class_names) if balance else None
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from e
+    centroids = None
+    if trunc_mode == 'class' and psi != 1:
+        centroids = fg.load_or_estimate_centroids(G, classifier, network_pkl, centroid_samples, device=device,
+                                                  verbose=True)
+    D = None
+    if drs:
+        from ..drs import aux_discriminator
+        try:
+            D = aux_discriminator(data, network_pkl).eval().requires_grad_(False).to(device)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from e
+    label = class_label(G, class_idx, device)
+    generator = torch.Generator().manual_seed(seeds[0])
+    cands = fg.CandidateGenerator(G, truncation_psi=psi, trunc_mode=trunc_mode, centroids=centroids,
+                                  classifier=classifier, noise_mode=noise_mode, label_fn=lambda n: label.expand(n, -1),
+                                  drs_D=D, drs_percentile=drs_percentile, generator=generator, device=device)
+    os.makedirs(outdir, exist_ok=True)
+    if not balance and not drs:   # class truncation alone: one image per seed, as plain generation
+        chunks = [seeds[i:i + 16] for i in range(0, len(seeds), 16)]
+        images = torch.cat([cands.images_for(seed_latents(G, chunk, device), label.expand(len(chunk), -1))
+                            for chunk in chunks])
+        names = [f'seed{seed:04d}.png' for seed in seeds]
+    elif balance:
+        sampler = fg.BalancedSampler(G, classifier, target=target, calib=calib, min_acceptance=min_acceptance,
+                                     candidates=cands)
+        try:
+            images, _, stats = sampler.sample(len(seeds))
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from e
+        names = [f'balanced{i:04d}.png' for i in range(len(images))]
+        drs_note = f'; DRS acceptance {stats["drs_acceptance_rate"]:.3f}' if drs else ''
+        print(f'Balance acceptance rate {stats["acceptance_rate"]:.3f} ({stats["num_accepted"]} of '
+              f'{stats["num_proposed"]} proposals after {stats["num_calibration"]} for calibration{drs_note})')
+        print('Class histogram: ' + ', '.join(f'{n}={c}' for n, c in zip(stats['class_names'], stats['histogram'])))
+    else:
+        images = cands(len(seeds))
+        names = [f'drs{i:04d}.png' for i in range(len(images))]
+        print(f'DRS acceptance rate {cands.drs_acceptance_rate:.3f}')
+    for name, image in zip(names, to_uint8(images.cpu().numpy(), (-1, 1)).transpose(0, 2, 3, 1)):
+        save_png(image, os.path.join(outdir, name))
+    print(f'Wrote {len(names)} images to {outdir}')
 
 
 def main():
