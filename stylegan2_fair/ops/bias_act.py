@@ -1,13 +1,16 @@
 """Fused bias + activation + gain + clamp, the nonlinearity of every StyleGAN2 layer.
 
 The reference path is plain torch ops, so autograd gives first and second derivatives (needed by
-the R1 and path-length regularisers). A fused CUDA kernel can plug in at `_use_cuda`.
+the R1 and path-length regularisers). For CUDA tensors the fused kernel of
+ops/cuda/ runs instead when it builds; `_use_cuda` decides (see ops/cuda_build.py).
 """
 import math
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from . import cuda_build
 
 _IMPLS = ('auto', 'ref', 'cuda')
 
@@ -35,10 +38,12 @@ activation_funcs = {
 
 
 def _use_cuda(x, impl):
-    """Whether to run the fused CUDA kernel; the single switch for when it exists (not yet)."""
+    """Whether to run the fused CUDA kernel: for CUDA tensors unless impl='ref' or
+    STYLEGAN2_FAIR_OPS=ref, and only if the kernels build (else one warning and the reference path;
+    impl='cuda' or STYLEGAN2_FAIR_OPS=cuda make a failed build an error). See ops/cuda_build.py."""
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-    return False
+    return cuda_build.use_cuda_kernels(x, impl)
 
 
 def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='auto'):
@@ -62,7 +67,8 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     gain = float(spec.def_gain if gain is None else gain)
     clamp = float(clamp if clamp is not None else -1)
     if _use_cuda(x, impl):
-        raise NotImplementedError  # the CUDA kernel plugs in here
+        from .cuda.functions import bias_act_cuda
+        return bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
 
 

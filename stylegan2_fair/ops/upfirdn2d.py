@@ -1,22 +1,26 @@
 """FIR resampling of NCHW images: upsample (zero insertion), pad or crop, FIR filter, downsample.
 
 The reference path below is built only from differentiable torch ops (reshape, F.pad, conv2d,
-slicing), so autograd gives exact first and second derivatives on any torch 2.x. A fused CUDA
-kernel can plug in at `_use_cuda`.
+slicing), so autograd gives exact first and second derivatives on any torch 2.x. For CUDA tensors the
+fused kernel of ops/cuda/ runs instead when it builds; `_use_cuda` decides (see ops/cuda_build.py).
 """
 import numbers
 
 import torch
 import torch.nn.functional as F
 
+from . import cuda_build
+
 _IMPLS = ('auto', 'ref', 'cuda')
 
 
 def _use_cuda(x, impl):
-    """Whether to run the fused CUDA kernel; the single switch for when it exists (not yet)."""
+    """Whether to run the fused CUDA kernel: for CUDA tensors unless impl='ref' or
+    STYLEGAN2_FAIR_OPS=ref, and only if the kernels build (else one warning and the reference path;
+    impl='cuda' or STYLEGAN2_FAIR_OPS=cuda make a failed build an error). See ops/cuda_build.py."""
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-    return False
+    return cuda_build.use_cuda_kernels(x, impl)
 
 
 def _parse_scaling(scaling, name):
@@ -98,8 +102,9 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     upx, upy = _parse_scaling(up, 'up')
     downx, downy = _parse_scaling(down, 'down')
     padding = _parse_padding(padding)
-    if _use_cuda(x, impl):
-        raise NotImplementedError  # the CUDA kernel plugs in here
+    if _use_cuda(x, impl) and not f.requires_grad:  # the kernel gives no filter gradient
+        from .cuda.functions import upfirdn2d_cuda
+        return upfirdn2d_cuda(x, f, upx, upy, downx, downy, padding, flip_filter, gain)
     return _upfirdn2d_ref(x, f, upx, upy, downx, downy, padding, flip_filter, gain)
 
 
