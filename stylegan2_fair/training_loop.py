@@ -95,10 +95,15 @@ class TrainingLoop:
         self.stats_jsonl = None
         self.tb_writer = None
         self.ada_signs = np.zeros(2)  # [sum of sign(D(real)), count] since the last ADA update
+        self.tick_start_nimg = None   # restored on resume, so ticks fall where they would have
+        self.last_snapshot_nimg = None
+        self.stopped_early = False
 
     # Setup ----------------------------------------------------------------------------------------
     def setup(self):
-        distributed.seed_everything(self.random_seed, self.rank, self.world_size)
+        # Networks (and hook networks) are initialised from the plain seed, the same for any process
+        # count; each rank then draws latents, labels and augmentations from its own stream.
+        distributed.seed_everything(self.random_seed)
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.allow_tf32
         self.training_set = ImageFolderDataset(**{k: v for k, v in self.training_set_kwargs.items() if k != 'class_name'})
@@ -144,6 +149,9 @@ class TrainingLoop:
 
         for hook in self.hooks:
             hook.setup(self.run)
+        # Per-rank streams start here, so whatever setup drew (hook networks, a lazily built model
+        # drawn only once per process) does not shift the draws of training itself.
+        distributed.seed_everything(self.random_seed, rank=self.rank)
         self.sampler_position = 0
         if self.resume_state is not None:
             self._load_training_state(self.resume_state)
@@ -183,7 +191,8 @@ class TrainingLoop:
         imaging.save_image_grid(grid_images, os.path.join(self.run_dir, 'reals.png'), (0, 255), self.grid_size)
         self.grid_z = torch.randn([grid_labels.shape[0], self.G.z_dim], generator=torch.Generator().manual_seed(0))
         self.grid_c = torch.from_numpy(grid_labels)
-        self._save_fakes('fakes_init.png')
+        if self.resume_state is None or not os.path.exists(os.path.join(self.run_dir, 'fakes_init.png')):
+            self._save_fakes('fakes_init.png')  # a continued run keeps the first start's
         self.stats_jsonl = open(os.path.join(self.run_dir, 'stats.jsonl'), 'at')
         try:
             import torch.utils.tensorboard as tensorboard
@@ -203,22 +212,48 @@ class TrainingLoop:
 
     # Training -------------------------------------------------------------------------------------
     def train(self):
+        """Train to total_kimg and return 'done', or stop early and return 'stopped'.
+
+        abort_fn() (e.g. preemption.StopSignals) is asked after every step on every rank; if it is
+        true on any rank, all ranks stop after that same step and a snapshot with the full training
+        state is written, from which `resume_state` continues exactly.
+        """
         self.setup()
         self._log(f'Training for {self.total_kimg} kimg...')
-        self.tick_start_nimg = self.cur_nimg
+        if self.tick_start_nimg is None:
+            self.tick_start_nimg = self.cur_nimg
         self.tick_start_time = self.start_time = time.time()
         self.last_snapshot_time = self.start_time
         done = self.cur_nimg >= self.total_kimg * 1000  # a resumed run may already be complete
         while not done:
             self._step()
-            done = self.cur_nimg >= self.total_kimg * 1000 or (self.abort_fn is not None and self.abort_fn())
+            asked_here = self.abort_fn is not None and bool(self.abort_fn())
+            stop = distributed.any_across_ranks(asked_here)
+            done = self.cur_nimg >= self.total_kimg * 1000
             if done or self.cur_nimg >= self.tick_start_nimg + self.kimg_per_tick * 1000:
                 self._tick(done)
-        for hook in self.hooks:
-            hook.on_train_end(self.run)
+            if stop and not done:
+                self._stop_early(asked_here)
+                break
+        if not self.stopped_early:  # a stopped run is not over: it continues later
+            for hook in self.hooks:
+                hook.on_train_end(self.run)
         if self.stats_jsonl is not None:
             self.stats_jsonl.close()
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+        distributed.barrier()  # leave together: a rank gone early would look like a crash to the others
         self._log('Exiting...')
+        return 'stopped' if self.stopped_early else 'done'
+
+    def _stop_early(self, asked_here):
+        why = getattr(self.abort_fn, 'received', None) or 'a stop request'
+        why = why if asked_here else "another rank's stop request"
+        self._log(f'Stopping after {self.cur_nimg} images (kimg {self.cur_nimg / 1000:.3f}) on {why}: '
+                  f'saving the training state to continue from')
+        if self.last_snapshot_nimg != self.cur_nimg:
+            self.save_snapshot()
+        self.stopped_early = True
 
     def _step(self):
         if self.sampler_requested:
@@ -285,10 +320,18 @@ class TrainingLoop:
 
         for hook in self.hooks:
             hook.on_tick_end(self.run)
-        minutes_up = self.snapshot_minutes is not None and now - self.last_snapshot_time >= self.snapshot_minutes * 60
-        if self.rank == 0 and self.image_snapshot_ticks and (done or self.cur_tick % self.image_snapshot_ticks == 0):
+        # Clocks differ between ranks: every rank must make the same snapshot decision.
+        minutes_up = self.snapshot_minutes is not None and distributed.any_across_ranks(
+            now - self.last_snapshot_time >= self.snapshot_minutes * 60)
+        fakes_due = self.image_snapshot_ticks and (done or self.cur_tick % self.image_snapshot_ticks == 0)
+        snapshot_due = self.network_snapshot_ticks and (done or minutes_up or
+                                                        self.cur_tick % self.network_snapshot_ticks == 0)
+        # The tick is complete: a state saved now continues with the next tick, as this run will.
+        self.cur_tick += 1
+        self.tick_start_nimg = self.cur_nimg
+        if self.rank == 0 and fakes_due:
             self._save_fakes(f'fakes{self.cur_nimg // 1000:06d}.png')
-        if self.network_snapshot_ticks and (done or minutes_up or self.cur_tick % self.network_snapshot_ticks == 0):
+        if snapshot_due:
             self.save_snapshot()
             self.last_snapshot_time = now
 
@@ -303,8 +346,6 @@ class TrainingLoop:
                     self.tb_writer.add_scalar(name, value['mean'], global_step=int(self.cur_nimg / 1000),
                                               walltime=timestamp - self.start_time)
                 self.tb_writer.flush()
-        self.cur_tick += 1
-        self.tick_start_nimg = self.cur_nimg
         self.tick_start_time = time.time()
 
     def _save_fakes(self, filename):
@@ -312,11 +353,19 @@ class TrainingLoop:
         imaging.save_image_grid(images, os.path.join(self.run_dir, filename), (-1, 1), self.grid_size)
 
     def save_snapshot(self):
-        """Network snapshot (official keys plus hook networks) and the full training state, atomically."""
+        """Network snapshot (official keys plus hook networks) and the full training state (a collective).
+
+        Each file is written atomically, the state last: a state file therefore always has its own
+        snapshot beside it. A stop mid-kimg reuses the kimg's names, so the old state goes first.
+        """
         kimg = self.cur_nimg // 1000
         state = self._training_state()
+        self.last_snapshot_nimg = self.cur_nimg
         if self.rank != 0:
             return
+        state_path = os.path.join(self.run_dir, f'training-state-{kimg:06d}.pt')
+        if os.path.exists(state_path):
+            os.remove(state_path)
         data = dict(G=self.G, D=self.D, G_ema=self.G_ema, augment_pipe=self.augment_pipe,
                     training_set_kwargs=dict(self.training_set_kwargs))
         for hook in self.hooks:
@@ -325,34 +374,63 @@ class TrainingLoop:
                     raise ValueError(f'hook {hook.name!r} wants to save a network under {key!r}, which is taken')
                 data[key] = module
         checkpoint.save_network_pkl(os.path.join(self.run_dir, f'network-snapshot-{kimg:06d}.pkl'), data)
-        checkpoint.save_training_state(os.path.join(self.run_dir, f'training-state-{kimg:06d}.pt'), state)
+        checkpoint.save_training_state(state_path, state)
 
     def _training_state(self):
+        """Everything an exact continuation needs besides the networks (a collective call).
+
+        Networks, optimisers, counters and the data stream are identical on every rank and saved
+        once; RNG streams, the path-length mean, the ADA accumulators differ per rank and are saved
+        per rank, as are hook states that differ from rank 0's (compared by content hash).
+        """
+        hooks = {hook.name: hook.state_dict() for hook in self.hooks}
+        same_as_rank0 = True
+        if self.world_size > 1:
+            hooks_digest = distributed.digest(hooks)
+            same_as_rank0 = distributed.broadcast_object(hooks_digest) == hooks_digest
+        mine = dict(rng=distributed.local_rng_state(), pl_mean=float(self.loss.pl_mean),
+                    ada_signs=[float(x) for x in self.ada_signs], hooks=None if same_as_rank0 else hooks)
+        rank_states = distributed.gather_to_rank0(mine)
+        if self.rank != 0:
+            return None
         return dict(
-            cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, batch_idx=self.batch_idx,
-            sampler_position=self.sampler_position, sampler_requested=self.sampler_requested,
-            pl_mean=self.loss.pl_mean.clone(),
+            cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, tick_start_nimg=self.tick_start_nimg,
+            batch_idx=self.batch_idx, sampler_position=self.sampler_position,
+            sampler_requested=self.sampler_requested,
             augment_p=float(self.augment_pipe.p) if self.augment_pipe is not None else None,
-            ada_signs=[float(x) for x in self.ada_signs],
             G_opt=self.phases[0]['opt'].state_dict(), D_opt=self.phases[-1]['opt'].state_dict(),
-            rng=distributed.rng_states(),
-            hooks={hook.name: hook.state_dict() for hook in self.hooks},
+            hooks=hooks, world_size=self.world_size, rank_states=rank_states,
         )
 
     def _load_training_state(self, state):
         self.cur_nimg = self.prev_nimg = state['cur_nimg']
         self.cur_tick, self.batch_idx = state['cur_tick'], state['batch_idx']
+        self.tick_start_nimg = state.get('tick_start_nimg', self.cur_nimg)
         self.sampler_position = state['sampler_position']
         self.sampler_requested = bool(state.get('sampler_requested', False))
-        self.loss.pl_mean.copy_(state['pl_mean'])
         if self.augment_pipe is not None and state['augment_p'] is not None:
             self.augment_pipe.p.copy_(torch.as_tensor(state['augment_p']))
-        self.ada_signs = np.asarray(state['ada_signs'], dtype=np.float64)
         self.phases[0]['opt'].load_state_dict(state['G_opt'])
         self.phases[-1]['opt'].load_state_dict(state['D_opt'])
+        ranks = state.get('rank_states') or [dict(pl_mean=state['pl_mean'], ada_signs=state['ada_signs'],
+                                                  rng=(state.get('rng') or [None])[0], hooks=None)]
+        if len(ranks) == self.world_size:
+            mine = ranks[self.rank]
+            ada_signs = mine['ada_signs']
+        else:
+            # Another process count cannot replay the same per-rank streams: keep this rank's fresh
+            # seeds, take rank 0's path-length mean, and keep the ADA sum (all on rank 0).
+            self._log(f'Note: the state was saved by {len(ranks)} processes and this run has '
+                      f'{self.world_size}; training continues, but not exactly as it would have')
+            mine = dict(ranks[0], rng=None, hooks=None)
+            ada_signs = np.sum([r['ada_signs'] for r in ranks], axis=0) if self.rank == 0 else [0.0, 0.0]
+        self.loss.pl_mean.fill_(float(mine['pl_mean']))
+        self.ada_signs = np.asarray(ada_signs, dtype=np.float64)
+        hooks = mine['hooks'] if mine.get('hooks') is not None else state['hooks']
         for hook in self.hooks:
-            hook.load_state_dict(state['hooks'].get(hook.name, {}))
-        distributed.set_rng_states(state['rng'])
+            hook.load_state_dict(hooks.get(hook.name, {}))
+        if mine.get('rng') is not None:
+            distributed.set_local_rng_state(mine['rng'])
 
     def _log(self, message):
         if self.rank == 0 and self.progress:

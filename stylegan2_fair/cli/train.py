@@ -14,7 +14,8 @@ import click
 import torch
 
 import training_hooks
-from .. import distributed
+from .. import distributed, preemption
+from ..preemption import PREEMPTED_EXIT_CODE
 from ..fileio import atomic_write_text
 
 # cfg presets (facts file): ref_gpus, kimg, mb, mbstd, fmaps, lrate, gamma, ema, ramp, map.
@@ -49,7 +50,7 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
                            cfg='auto', gamma=None, kimg=None, batch=None, aug='ada', p=None, target=None,
                            augpipe='bgc', resume=None, freezed=0, fp32=False, nhwc=False, allow_tf32=False,
                            nobench=False, workers=3, device='auto', fair_method='none', kimg_per_tick=None,
-                           snap_minutes=None, lr_scale=1.0, hook_kwargs=None):
+                           snap_minutes=None, lr_scale=1.0, resume_arch=False, hook_kwargs=None):
     """Validate options and return (run description, kwargs for TrainingLoop)."""
     from ..dataset import ImageFolderDataset
     args = dict(G_kwargs={}, D_kwargs={})
@@ -200,6 +201,9 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
             raise UserError(f'--resume={resume}: no such file (give a network pickle, or --resume=auto)')
         desc += '-resume' + re.sub(r'\W+', '', os.path.splitext(os.path.basename(resume))[0])[:20]
         args['resume_pkl'] = resume
+        if resume_arch:  # finetune a pickle whose networks differ from the --cfg preset (e.g. an official one)
+            args['G_kwargs'], args['D_kwargs'] = architecture_from_pickle(resume, training_set,
+                                                                          training_set_kwargs['use_labels'])
         args['ada_kimg'] = 100  # make ADA react faster at the beginning
         args['ema_rampup'] = None  # disable EMA rampup
     if freezed:
@@ -207,6 +211,8 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
             raise UserError('--freezed must be non-negative')
         desc += f'-freezed{freezed:d}'
         args['D_kwargs']['block_kwargs']['freeze_layers'] = freezed
+    if resume_arch and args['resume_pkl'] is None:
+        raise UserError('--resume-arch=1 takes the networks of the --resume pickle: give --resume=PKL')
     if lr_scale != 1.0:
         desc += f'-lr{lr_scale:g}'
 
@@ -238,6 +244,38 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
     args['fair_method'] = ','.join(methods) or 'none'
     args['hook_kwargs'] = {name: hook_kwargs_for(name, hook_kwargs or {}) for name in methods}
     return desc, args
+
+
+def architecture_from_pickle(path, training_set, use_labels):
+    """(G_kwargs, D_kwargs) of the networks stored in a pickle, less what the dataset decides (c_dim,
+    img_resolution, img_channels), which must agree with it. For --resume-arch=1."""
+    import copy
+    from .. import checkpoint
+    try:
+        data = checkpoint.load_network_pkl(path)
+    except Exception as e:
+        raise UserError(f'--resume={path}: {e}') from e
+    from_dataset = dict(c_dim=training_set.label_dim if use_labels else 0, img_resolution=training_set.resolution,
+                        img_channels=training_set.num_channels)
+    out = []
+    for name in ('G', 'D'):
+        net = data.get(name) if data.get(name) is not None else data.get(f'{name}_ema')
+        if net is None or not isinstance(getattr(net, 'init_kwargs', None), dict):
+            raise UserError(f'--resume-arch=1: {path} holds no {name} with recorded constructor arguments')
+        kwargs = copy.deepcopy(net.init_kwargs)
+        for key, want in from_dataset.items():
+            have = kwargs.pop(key, want)
+            if have != want:
+                fix = ('pass --cond=1 with a dataset of as many classes' if key == 'c_dim' and have else
+                       'train with --cond=0' if key == 'c_dim' else 'use a dataset of the same size and channels')
+                raise UserError(f'--resume={path}: its {name} has {key}={have} but the training data gives {want}; {fix}')
+        out.append(kwargs)
+    G_kwargs, D_kwargs = out
+    G_kwargs.setdefault('synthesis_kwargs', {})
+    D_kwargs['block_kwargs'] = dict(D_kwargs.get('block_kwargs') or {})
+    D_kwargs['block_kwargs'].pop('freeze_layers', None)  # --freezed decides
+    print(f'--resume-arch=1: networks built as in {path}: G {json.dumps(G_kwargs)}, D {json.dumps(D_kwargs)}')
+    return G_kwargs, D_kwargs
 
 
 def hook_kwargs_for(name, cli_kwargs):
@@ -276,44 +314,103 @@ def find_resume_state(outdir, desc, resume):
     return None
 
 
-def launch(run_dir, args, resume_files=None, fresh=True):
-    """Write the run dir (fresh runs only) and start training on this process, spawned ones, or torchrun/SLURM ranks."""
-    if fresh:
-        os.makedirs(run_dir)
-        atomic_write_text(os.path.join(run_dir, 'training_options.json'), json.dumps(args, indent=2))
-    env = distributed.launch_env()
-    if env is not None:  # torchrun or srun started one process per rank
+def plan_run_dir(outdir, desc, resume):
+    """(run_dir, resume_files or None, fresh): continue the newest complete state for --resume=auto
+    (or a run dir), else a new numbered run dir."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UserError(f'--outdir={outdir} is a file, not a folder; choose another --outdir')
+    if resume is not None and (resume == 'auto' or os.path.isdir(resume)):
+        found = find_resume_state(outdir, desc, resume)
+        if found is not None:
+            run_dir, pkl, state = found
+            return run_dir, (pkl, state), False
+        if resume != 'auto':
+            raise UserError(f'--resume={resume}: no complete training state in that folder')
+    return next_run_dir(outdir, desc), None, True
+
+
+def launch(run_dir, args, resume_files=None, dist_timeout=distributed.DEFAULT_TIMEOUT_SEC, env=None):
+    """Train as one rank of torchrun/srun (`env` from distributed.launch_env()), alone, or on
+    --gpus spawned processes. Returns 'done', or 'stopped' after a stop signal."""
+    if env is not None:
         rank, world, local_rank, addr, port = env
-        subprocess_fn(local_rank, args, run_dir, resume_files, rank, world, addr, port)
-    elif args['num_gpus'] == 1:
-        subprocess_fn(0, args, run_dir, resume_files, 0, 1, None, None)
-    else:
-        port = _free_port()
-        torch.multiprocessing.spawn(subprocess_fn, args=(args, run_dir, resume_files, None, args['num_gpus'],
-                                                          '127.0.0.1', port), nprocs=args['num_gpus'])
+        return subprocess_fn(local_rank, args, run_dir, resume_files, rank, world, addr, port, dist_timeout)
+    if args['num_gpus'] == 1:
+        return subprocess_fn(0, args, run_dir, resume_files, dist_timeout=dist_timeout)
+    nprocs = args['num_gpus']
+    codes = distributed.spawn(_spawned_rank, nprocs, (args, run_dir, resume_files, '127.0.0.1', _free_port(),
+                                                      dist_timeout), grace_sec=dist_timeout + 30)
+    if all(code == 0 for code in codes):
+        return 'done'
+    if set(codes) <= {0, PREEMPTED_EXIT_CODE}:
+        return 'stopped'
+    raise click.ClickException('training failed: ' + '; '.join(
+        f'rank {r} {distributed.describe_exit_code(code)}' for r, code in enumerate(codes) if code != 0))
 
 
-def subprocess_fn(local_rank, args, run_dir, resume_files, rank=None, world_size=1, addr=None, port=None):
+def _spawned_rank(local_rank, args, run_dir, resume_files, addr, port, dist_timeout):
+    threads = None
+    if args['device'] == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // args['num_gpus'])  # N CPU workers share the cores
+    status = subprocess_fn(local_rank, args, run_dir, resume_files, local_rank, args['num_gpus'], addr, port,
+                           dist_timeout, threads=threads)
+    return PREEMPTED_EXIT_CODE if status == 'stopped' else 0
+
+
+def subprocess_fn(local_rank, args, run_dir, resume_files, rank=0, world_size=1, addr=None, port=None,
+                  dist_timeout=distributed.DEFAULT_TIMEOUT_SEC, threads=None):
+    """One rank: join the process group, train until done or a stop signal; 'done' or 'stopped'."""
     from ..training_loop import TrainingLoop
     from .. import checkpoint
-    rank = local_rank if rank is None else rank
-    device = args['device']
-    if device == 'cuda':
-        torch.cuda.set_device(local_rank)
-        device = f'cuda:{local_rank}'
-    if world_size > 1:
-        distributed.init_process_group(rank, world_size, addr, port, args['device'])
-    if rank == 0:
-        _Logger(os.path.join(run_dir, 'log.txt'))
-    hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
-    kwargs = {k: v for k, v in args.items()
-              if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
-    if resume_files is not None:
-        kwargs['resume_pkl'], state_path = resume_files
-        kwargs['resume_state'] = checkpoint.load_training_state(state_path)
-    TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, **kwargs).train()
+    with preemption.StopSignals() as stop_requested:  # first thing: a signal during setup is kept, not fatal
+        if threads:
+            torch.set_num_threads(threads)
+        device = args['device']
+        if device == 'cuda':
+            index = local_rank % torch.cuda.device_count()  # srun --gpus-per-task shows each task one GPU
+            torch.cuda.set_device(index)
+            device = f'cuda:{index}'
+        watchdog = None
+        if world_size > 1:
+            if not distributed.is_distributed():
+                distributed.init_process_group(rank, world_size, addr, port, args['device'], dist_timeout)
+            watchdog = distributed.PeerWatchdog(rank, world_size, dist_timeout).start()
+        logger = _Logger(os.path.join(run_dir, 'log.txt')) if rank == 0 else None
+        try:
+            hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+            kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
+            if resume_files is not None:
+                kwargs['resume_pkl'], state_path = resume_files
+                kwargs['resume_state'] = checkpoint.load_training_state(state_path)
+            loop = TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, abort_fn=stop_requested, **kwargs)
+            status = loop.train()
+        except Exception as e:  # pylint: disable=broad-except
+            if watchdog is None:
+                raise
+            if not _is_communication_error(e):
+                watchdog.report_failure(f'{type(e).__name__}: {e}')
+                raise
+            # A peer died or hung: say which, instead of a traceback from deep inside a collective.
+            first_line = (str(e).strip().splitlines() or [''])[0][:300]
+            print(f'\nrank {rank}: a collective failed ({type(e).__name__}: {first_line})\n'
+                  f'rank {rank}: {watchdog.explain()}; exiting', file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        finally:
+            if logger is not None:
+                logger.close()
+    if watchdog is not None:
+        watchdog.stop()
     if world_size > 1:
         torch.distributed.destroy_process_group()
+    return status
+
+
+def _is_communication_error(e):
+    if isinstance(e, getattr(torch.distributed, 'DistError', ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(word in text for word in (
+        'gloo', 'Gloo', 'NCCL', 'Connection reset', 'Connection closed', 'Broken pipe', 'Timed out', 'timed out'))
 
 
 def _free_port():
@@ -331,12 +428,19 @@ class _Logger:
         self.stdout, self.stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self, self
 
+    def close(self):
+        if sys.stdout is self:
+            sys.stdout, sys.stderr = self.stdout, self.stderr
+        self.file.close()
+
     def write(self, text):
-        self.file.write(text)
+        if not self.file.closed:
+            self.file.write(text)
         self.stdout.write(text)
 
     def flush(self):
-        self.file.flush()
+        if not self.file.closed:
+            self.file.flush()
         self.stdout.flush()
 
 
@@ -359,7 +463,10 @@ def _hook_cli_options():
 
 @click.command(context_settings=dict(show_default=True))
 @click.option('--outdir', help='Where to save the results', required=True, metavar='DIR')
-@click.option('--gpus', help='Number of processes (GPUs, or CPU workers with --device=cpu)', type=int, default=1, metavar='INT')
+@click.option('--gpus', help='Number of processes (GPUs, or CPU workers with --device=cpu)  [default: 1, or as many '
+              'as torchrun/srun started]', type=int, metavar='INT')
+@click.option('--dist-timeout', help='Seconds before a dead or hung rank makes the others exit with an error',
+              type=float, default=distributed.DEFAULT_TIMEOUT_SEC, metavar='SEC')
 @click.option('--snap', help='Snapshot interval in ticks', type=int, default=50, metavar='INT')
 @click.option('--snap-minutes', help='Also snapshot every N minutes of wall clock (for jobs with time limits)', type=float, metavar='MIN')
 @click.option('--kimg-per-tick', help='Length of a tick in kimg [default: 4, tiny: 1]', type=float, metavar='KIMG')
@@ -380,6 +487,9 @@ def _hook_cli_options():
 @click.option('--augpipe', help='Augmentation pipeline', type=click.Choice(AUGPIPES), default='bgc')
 @click.option('--resume', help='Resume from a network pickle, or "auto" to continue the newest state of this run', metavar='PKL')
 @click.option('--freezed', help='Freeze-D: number of frozen discriminator layers', type=int, default=0, metavar='INT')
+@click.option('--resume-arch', help='Build G and D as the --resume pickle\'s networks instead of from --cfg '
+              '(to finetune a pickle trained with other settings, e.g. an official one)', type=bool, default=False,
+              metavar='BOOL')
 @click.option('--lr-scale', help='Multiply the learning rates (0.1 for finetuning, as in model rebalancing)', type=float, default=1.0)
 @click.option('--fp32', help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL')
 @click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL')
@@ -390,47 +500,90 @@ def _hook_cli_options():
 @click.option('--fair-method', help='Comma-separated training hooks: ' + ', '.join(['none'] + training_hooks.list_hooks()),
               default='none')
 @_apply(_hook_cli_options())
-def train(outdir, dry_run, **kwargs):
+def train(outdir, dry_run, dist_timeout, **kwargs):
     """Train a StyleGAN2-ADA model, optionally with fairness methods (--fair-method).
+
+    Under torchrun or srun each process is one rank (no --gpus needed). SIGTERM or SIGUSR1 stops
+    all ranks after the same step, writes a snapshot with the full training state and exits with
+    status 75; the same command with --resume=auto continues exactly from there.
 
     \b
     Examples:
       python dataset_tool.py --source=toy:colored-digits --dest=colored.zip --resolution=16
       python train.py --outdir=runs --data=colored.zip --cfg=tiny --kimg=2 --fair-method=dia
+      torchrun --nproc-per-node=4 train.py --outdir=runs --data=ffhq.zip --cfg=paper256 --resume=auto
     """
+    env = distributed.launch_env()
+    if env is not None:
+        launcher = 'torchrun' if 'RANK' in os.environ else 'srun'
+        if kwargs['gpus'] not in (None, env[1]):
+            raise UserError(f'--gpus={kwargs["gpus"]} but {launcher} started {env[1]} processes; drop --gpus '
+                            f'or make them agree')
+        if env[1] & (env[1] - 1):
+            raise UserError(f'{launcher} started {env[1]} processes: the number of processes must be a power '
+                            f'of two (1, 2, 4, 8, ...); change the task or GPU counts')
+        kwargs['gpus'] = env[1]
+    kwargs['gpus'] = kwargs['gpus'] or 1
+    if dist_timeout <= 0:
+        raise UserError(f'--dist-timeout={dist_timeout:g}: must be a positive number of seconds')
+    is_rank0 = env is None or env[0] == 0
     own = set(setup_training_options.__code__.co_varnames[:setup_training_options.__code__.co_argcount])
     own_kwargs = {k: v for k, v in kwargs.items() if k in own}
+    resume = own_kwargs.get('resume')
+    if resume is not None and os.path.isdir(resume):
+        own_kwargs['resume'] = 'auto'  # continue that run dir: no pickle to load as a start
     desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
-
-    resume_files, run_dir, fresh = None, None, True
-    if kwargs.get('resume') is not None and (kwargs['resume'] == 'auto' or os.path.isdir(kwargs['resume'])):
-        found = find_resume_state(outdir, desc, kwargs['resume'])
-        if found is not None:
-            run_dir, pkl, state = found
-            resume_files, fresh = (pkl, state), False
-            print(f'Continuing {run_dir} from {os.path.basename(state)}')
-        elif kwargs['resume'] != 'auto':
-            raise UserError(f'--resume={kwargs["resume"]}: no complete training state in that folder')
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise UserError(f'--outdir={outdir} is a file, not a folder; choose another --outdir')
-    if run_dir is None:
-        run_dir = next_run_dir(outdir, desc)
-
-    print()
-    print('Training options:')
-    print(json.dumps(args, indent=2))
-    print()
-    print(f'Output directory:   {run_dir}')
-    print(f'Training data:      {args["training_set_kwargs"]["path"]}')
-    print(f'Training duration:  {args["total_kimg"]} kimg')
-    print(f'Number of GPUs:     {args["num_gpus"]}')
-    print(f'Fairness methods:   {args["fair_method"]}')
-    print()
-    if dry_run:
-        print('Dry run; exiting.')
+    if dry_run and not is_rank0:
         return
-    print('Creating output directory...')
-    launch(run_dir, args, resume_files, fresh)
+    if env is not None and env[1] == 1:
+        env = None  # torchrun with a single process: nothing to coordinate
+    if env is not None and not dry_run:
+        rank, world, local_rank, addr, port = env
+        if args['device'] == 'cuda':  # this rank's GPU before NCCL sees any
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        distributed.init_process_group(rank, world, addr, port, args['device'], dist_timeout)
+
+    # Rank 0 picks the run dir (new, or the one to continue) and tells the others.
+    plan = None
+    if is_rank0:
+        try:
+            plan = plan_run_dir(outdir, desc, resume)
+        except UserError as e:
+            plan = e.message
+    if not dry_run:
+        plan = distributed.broadcast_object(plan)
+    if isinstance(plan, str):
+        raise UserError(plan)
+    run_dir, resume_files, fresh = plan
+
+    if is_rank0:
+        if resume_files is not None:
+            print(f'Continuing {run_dir} from {os.path.basename(resume_files[1])}')
+        print()
+        print('Training options:')
+        print(json.dumps(args, indent=2))
+        print()
+        print(f'Output directory:   {run_dir}')
+        print(f'Training data:      {args["training_set_kwargs"]["path"]}')
+        print(f'Training duration:  {args["total_kimg"]} kimg')
+        print(f'Number of GPUs:     {args["num_gpus"]}')
+        print(f'Fairness methods:   {args["fair_method"]}')
+        print()
+    if dry_run:
+        if is_rank0:
+            print('Dry run; exiting.')
+        return
+    if is_rank0 and fresh:
+        print('Creating output directory...')
+        os.makedirs(run_dir)
+        atomic_write_text(os.path.join(run_dir, 'training_options.json'), json.dumps(args, indent=2))
+    distributed.barrier()  # the run dir exists before any rank writes to it
+    status = launch(run_dir, args, resume_files, dist_timeout=dist_timeout, env=env)
+    if status == 'stopped':
+        if is_rank0:
+            print(f'Stopped early; the same command with --resume=auto continues from the saved state '
+                  f'(exit status {PREEMPTED_EXIT_CODE})')
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def main():
