@@ -77,7 +77,7 @@ class TrainingRun:
 
 class TrainingLoop:
     def __init__(self, run_dir='.', training_set_kwargs={}, data_loader_kwargs={}, G_kwargs={}, D_kwargs={},
-                 G_opt_kwargs={}, D_opt_kwargs={}, augment_kwargs=None, loss_kwargs={}, metrics=[],
+                 G_opt_kwargs={}, D_opt_kwargs={}, augment_kwargs=None, loss_kwargs={}, metrics=[], metric_kwargs={},
                  random_seed=0, batch_size=4, batch_gpu=4, ema_kimg=10, ema_rampup=None, G_reg_interval=4,
                  D_reg_interval=16, augment_p=0, ada_target=None, ada_interval=4, ada_kimg=500, total_kimg=25000,
                  kimg_per_tick=4, image_snapshot_ticks=50, network_snapshot_ticks=50, snapshot_minutes=None,
@@ -334,6 +334,7 @@ class TrainingLoop:
         if snapshot_due:
             self.save_snapshot()
             self.last_snapshot_time = now
+            self._evaluate_metrics()
 
         tick_stats = stats.collect(reduce_fn=distributed.reduce_moments)
         if self.rank == 0:
@@ -375,6 +376,19 @@ class TrainingLoop:
                 data[key] = module
         checkpoint.save_network_pkl(os.path.join(self.run_dir, f'network-snapshot-{kimg:06d}.pkl'), data)
         checkpoint.save_training_state(state_path, state)
+
+    def _evaluate_metrics(self):
+        """The --metrics on the newest snapshot's G_ema, appended to metric-<name>.jsonl (every rank computes)."""
+        if not self.metrics:
+            return
+        from .metrics import metric_main
+        snapshot_pkl = os.path.join(self.run_dir, f'network-snapshot-{self.cur_nimg // 1000:06d}.pkl')
+        for metric in self.metrics:
+            result = metric_main.calc_metric(metric, G=self.G_ema, dataset_kwargs=self.training_set_kwargs,
+                                             num_gpus=self.world_size, rank=self.rank, device=self.device,
+                                             progress=False, **self.metric_kwargs)
+            if self.rank == 0:
+                metric_main.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_pkl)
 
     def _training_state(self):
         """Everything an exact continuation needs besides the networks (a collective call).
