@@ -62,6 +62,14 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
     args['image_snapshot_ticks'] = args['network_snapshot_ticks'] = snap
     args['snapshot_minutes'] = snap_minutes
     args['metrics'] = [] if metrics in (None, '', 'none') else [m.strip() for m in metrics.split(',')]
+    if args['metrics']:
+        from ..metrics import metric_main
+        for metric in args['metrics']:
+            if not metric_main.is_valid_metric(metric):
+                raise UserError(f'--metrics: unknown metric {metric!r}; choose from '
+                                f'{", ".join(metric_main.list_valid_metrics())}, or none')
+    classifier = (hook_kwargs or {}).get('classifier')
+    args['metric_kwargs'] = {} if classifier is None else dict(classifier=classifier)
     args['random_seed'] = seed
 
     # Dataset: open it once here, so a bad path or format fails before the run dir exists.
@@ -535,6 +543,10 @@ def train(outdir, dry_run, dist_timeout, **kwargs):
     desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
     if dry_run and not is_rank0:
         return
+    try:  # build the hooks once here, so a bad method option fails before any run dir exists
+        training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        raise UserError(f'--fair-method={args["fair_method"]}: {e}') from e
     if env is not None and env[1] == 1:
         env = None  # torchrun with a single process: nothing to coordinate
     if env is not None and not dry_run:
