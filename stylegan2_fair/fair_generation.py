@@ -42,6 +42,8 @@ import os
 import numpy as np
 import torch
 
+from .metrics.fairness import uniform_labels
+
 CALIB_DEFAULT = 1000
 CENTROID_SAMPLES_DEFAULT = 10000
 
@@ -234,16 +236,6 @@ def _device_of(G, device):
         return torch.device(device)
     param = next(iter(G.parameters()), None) if hasattr(G, 'parameters') else None
     return param.device if param is not None else torch.device('cpu')
-
-
-def uniform_labels(c_dim, generator):
-    """label_fn for a conditional G: n -> uniformly drawn one-hot labels [n, c_dim]."""
-    def labels(n):
-        c = torch.zeros([n, c_dim])
-        if c_dim:
-            c[torch.arange(n), torch.randint(c_dim, [n], generator=generator)] = 1
-        return c
-    return labels
 
 
 class CandidateGenerator:

@@ -49,3 +49,15 @@ def collect(reduce_fn=None):
         var = max(total_sq / num - mean * mean, 0.0)
         stats[name] = dict(num=float(num), mean=float(mean), std=float(math.sqrt(var)))
     return stats
+
+
+def format_time(seconds):
+    """'1h 02m 03s'-style durations for status lines and metric records."""
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 3600:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 86400:
+        return f'{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'

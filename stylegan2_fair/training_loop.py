@@ -315,7 +315,7 @@ class TrainingLoop:
         augment_p = float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
         stats.report0('Progress/augment', augment_p, self.rank)
         self._log(f'tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1000:<8.1f} '
-                  f'time {_format_time(now - self.start_time):<12s} sec/tick {tick_sec:<7.1f} '
+                  f'time {stats.format_time(now - self.start_time):<12s} sec/tick {tick_sec:<7.1f} '
                   f'sec/kimg {tick_sec / max(tick_kimg, 1e-8):<7.2f} augment {augment_p:.3f}')
 
         for hook in self.hooks:
@@ -449,14 +449,3 @@ class TrainingLoop:
     def _log(self, message):
         if self.rank == 0 and self.progress:
             print(message, flush=True)
-
-
-def _format_time(seconds):
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f'{seconds}s'
-    if seconds < 3600:
-        return f'{seconds // 60}m {seconds % 60:02d}s'
-    if seconds < 86400:
-        return f'{seconds // 3600}h {(seconds // 60) % 60:02d}m {seconds % 60:02d}s'
-    return f'{seconds // 86400}d {(seconds // 3600) % 24:02d}h {(seconds // 60) % 60:02d}m'

@@ -30,7 +30,8 @@ def _latent_generator(seed, rank):
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
-def _uniform_onehot_labels(c_dim, generator):
+def uniform_labels(c_dim, generator):
+    """label_fn for a conditional G: n -> uniformly drawn one-hot labels [n, c_dim]."""
     def labels(n):
         c = torch.zeros([n, c_dim])
         if c_dim:
@@ -69,7 +70,7 @@ def fairness_metric(G, classifier, num_sets=5, set_size=10000, batch=64, truncat
     num_classes = classifier.num_classes
     generator = _latent_generator(seed, rank)
     if sampler is None and label_fn is None:
-        label_fn = _uniform_onehot_labels(getattr(G, 'c_dim', 0), generator)
+        label_fn = uniform_labels(getattr(G, 'c_dim', 0), generator)
 
     def sample(n):
         if sampler is not None:

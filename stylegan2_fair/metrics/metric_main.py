@@ -25,6 +25,7 @@ import torch
 
 from . import (fid, inception_score, ivom, kid, modes, nriqa, partial_recall, ppl, precision_recall,
                recon_error)
+from .. import stats
 from .features import MetricOptions
 
 COUNT = r'(?P<num>\d+k?)'
@@ -168,17 +169,6 @@ def list_valid_metrics():
     return examples + sorted(_registry())
 
 
-def format_time(seconds):
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 3600:
-        return f'{s // 60}m {s % 60:02d}s'
-    if s < 86400:
-        return f'{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s'
-    return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
-
-
 def _accepted(fn, kwargs):
     params = inspect.signature(fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -210,7 +200,7 @@ def calc_metric(metric, **kwargs):
     if opts.device.type == 'cuda':
         torch.cuda.synchronize(opts.device)
     total = time.time() - start
-    return dict(results=dict(results), metric=metric, total_time=total, total_time_str=format_time(total),
+    return dict(results=dict(results), metric=metric, total_time=total, total_time_str=stats.format_time(total),
                 num_gpus=opts.num_gpus)
 
 

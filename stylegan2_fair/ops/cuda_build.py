@@ -48,12 +48,17 @@ def ops_mode():
     return mode
 
 
+IMPLS = ('auto', 'ref', 'cuda')
+
+
 def use_cuda_kernels(x, impl):
     """Whether an op called with `impl` ('auto', 'ref' or 'cuda') should run its CUDA kernel on x.
 
     Never for CPU tensors or impl='ref' or STYLEGAN2_FAIR_OPS=ref. impl='cuda' or
     STYLEGAN2_FAIR_OPS=cuda turn a failed build or an unsupported dtype into an error.
     """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == 'ref' or not x.is_cuda:
         return False
     mode = ops_mode()
