@@ -216,3 +216,18 @@ def test_cli_tiny_training_for_two_kimg_then_resume_from_its_pickle(tmp_path, to
     result = CliRunner().invoke(train, args[:-2] + ['--kimg=1', f'--resume={pkl}'])
     assert result.exit_code == 0, result.output
     assert 'Resuming from' in result.output
+
+
+def test_metrics_run_on_each_snapshot_during_training(tmp_path, toy_zip, monkeypatch):
+    from stylegan2_fair.metrics import detectors
+    folder = tmp_path / 'detectors'
+    folder.mkdir()
+    detectors.save_standin_detector('inception', str(folder / detectors.DETECTOR_FILES['inception']), size=32,
+                                    tiny=True)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    run_loop(tmp_path / 'run', toy_zip, metrics=['fid16'],
+             metric_kwargs=dict(detector_search=[str(folder)], batch_size=8))
+    lines = [json.loads(line) for line in open(tmp_path / 'run' / 'metric-fid16.jsonl')]
+    assert len(lines) == 2  # one per snapshot (every tick here)
+    assert lines[-1]['snapshot_pkl'] == 'network-snapshot-000000.pkl'
+    assert np.isfinite(lines[-1]['results']['fid16'])

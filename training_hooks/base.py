@@ -35,7 +35,9 @@ Contracts, in the order they run:
     snapshot_modules()              dict name -> nn.Module of extra networks to store in network
                                     snapshots (keys must not clash with G, D, G_ema, augment_pipe).
     state_dict()                    picklable dict of everything needed to continue exactly.
-    on_train_end(run)               once, after the last tick.
+    on_train_end(run)               once, after the last tick of a completed run; not called when
+                                    the run stops early to be resumed (preemption), since the
+                                    same command continues it.
 """
 import dataclasses
 from typing import Any, Dict, Optional
