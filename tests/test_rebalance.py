@@ -163,6 +163,24 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path, monkeypatch
     assert sorted((x['cls'], x['index']) for x in samples) == [(t, j) for t in range(3) for j in range(60)]
 
 
+class ConditionalGenerator(CoordinateGenerator):
+    """G's label adds 6 to its class's coordinate: with the right label every class is easy to find."""
+    c_dim = 3
+
+    def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None):
+        w = truncation_psi * z + torch.nn.functional.pad(6 * c, (0, self.z_dim - 3))
+        return w[:, None, :].repeat(1, self.num_ws, 1)
+
+
+def test_conditional_generator_gets_its_label_from_g_label():
+    options = SearchOptions(per_class=10, batch=32, g_label='target')
+    s = RebalanceSearch(ConditionalGenerator(), CoordinateClassifier(), options, log=lambda msg: None).run(progress=False)
+    assert all(c.g_label == [c.index] * 10 for c in s.searches)
+    assert all(c.root_pos == 1 for c in s.searches)   # the label made the first random draw a hit
+    with pytest.raises(RebalanceError, match='g_label=target'):
+        RebalanceSearch(ConditionalGenerator(), CoordinateClassifier(), SearchOptions(per_class=10))
+
+
 def test_resume_refuses_a_state_written_with_other_settings(tmp_path):
     state_dir = str(tmp_path / 'state')
     s = search(per_class=5, state_dir=state_dir).run(progress=False)

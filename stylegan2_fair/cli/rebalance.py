@@ -1,7 +1,9 @@
 """`stylegan2-fair rebalance` / `python rebalance.py`: a class-balanced dataset searched out of a biased generator.
 
 The search of "Fair GANs through model rebalancing" (Algorithm 2; stylegan2_fair/rebalance.py), for every
-class of an auxiliary classifier, batched, resumable (rerun the same command after an interruption).
+class of an auxiliary classifier, batched, resumable (rerun the same command after an interruption: the state
+lives in OUT.zip.partial/ until the dataset is written). The dataset holds the images, their classes as
+dataset.json labels, and latents.npz (the latent of every image); NAME-report.json beside it has the counts.
 
 Example (toy digits, CPU):
   python rebalance.py --network=biased.pkl --classifier=labels:clf.pt --per-class=500 --outdir=balanced.zip
