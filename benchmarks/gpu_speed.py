@@ -11,14 +11,16 @@
    reference ops and with the CUDA kernels, and for every fairness method (CUDA kernels). Each run
    is a separate process (a crash or out-of-memory in one does not stop the rest); it trains
    --warmup-kimg, then is timed over --kimg including one tick (hooks' per-tick work counts).
-Methods that need an auxiliary classifier get an untrained `labels:` classifier (speed does not
-depend on its weights); IMLE needs VGG16 weights for LPIPS (--lpips-backbone=PATH on an offline
-node, else its row says what is missing). Writes benchmarks/results/gpu_speed.md.
+Methods that need an auxiliary classifier get an untrained `labels:` classifier, IMLE a random-weight
+VGG16 for LPIPS (speed does not depend on weights); dia runs phase 2 and two LDR recordings inside
+the timed part. With --official DIR, also runs the official train.py and ours with one command line
+and reports both sec/kimg side by side. Writes benchmarks/results/gpu_speed.md.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -146,7 +148,7 @@ def train_one(opts):
         loop.train()
     sec_per_kimg = (timer.end_time - timer.start_time) / ((timer.end_nimg - timer.start_nimg) / 1000)
     result = dict(method=opts.method, ops=opts.ops, sec_per_kimg=sec_per_kimg,
-                  peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if opts.device == 'cuda' else 0.0,
+                  peak_mem_gib=timer.peak_bytes / 2**30,
                   total_sec=time.time() - setup_start, batch=args['batch_size'], batch_gpu=args['batch_gpu'])
     print('RESULT ' + json.dumps(result), flush=True)
 
@@ -159,14 +161,19 @@ class StepTimer(TrainingHook):
     def __init__(self, warmup_nimg):
         self.warmup_nimg = warmup_nimg
         self.start_time = self.start_nimg = self.end_time = self.end_nimg = None
+        self.peak_bytes = 0
 
     def on_step_end(self, run):
-        if run.device.type == 'cuda':
+        cuda = run.device.type == 'cuda'
+        if cuda:
             torch.cuda.synchronize()
         if self.start_time is None and run.cur_nimg >= self.warmup_nimg:
-            if run.device.type == 'cuda':
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
             self.start_time, self.start_nimg = time.time(), run.cur_nimg
+        elif self.start_time is not None and cuda:
+            # Read every step: the loop resets the peak meter at each tick for its status line.
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
         self.end_time, self.end_nimg = time.time(), run.cur_nimg
 
 
@@ -198,9 +205,10 @@ def make_classifier(data, path):
     return f'labels:{path}'
 
 
-def hook_options_for(method, classifier, lpips_backbone):
-    """train.py options for a method: the classifier, and the LPIPS backbone file (IMLE's perceptual
-    distance; without it the method downloads VGG16 weights, impossible on an offline GPU node)."""
+def hook_options_for(method, classifier, opts):
+    """train.py options for a method: the classifier; the LPIPS backbone (IMLE's perceptual distance:
+    'random' weights where VGG16's cannot be downloaded; speed does not depend on them); for dia, its
+    costliest state in the timed part: phase 2 (auxiliary D) from the start and two LDR recordings."""
     import inspect
 
     import training_hooks
@@ -208,13 +216,14 @@ def hook_options_for(method, classifier, lpips_backbone):
         return {}
     params = inspect.signature(training_hooks.get_hook_class(method).__init__).parameters
     options = {'classifier': classifier} if 'classifier' in params else {}
-    if lpips_backbone and 'lpips_backbone' in params:
-        options['lpips_backbone'] = lpips_backbone
+    if 'lpips_backbone' in params:
+        options['lpips_backbone'] = opts.lpips_backbone
+    if method == 'dia':
+        options.update(dia_phase2_kimg=opts.warmup_kimg, dia_record_every=opts.kimg / 2)
     return options
 
 
-def benchmark_training(opts):
-    import training_hooks
+def prepare_dataset(opts):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     os.makedirs(opts.workdir, exist_ok=True)
     res = opts.resolution
@@ -222,31 +231,90 @@ def benchmark_training(opts):
     if not os.path.exists(opts.data):
         print(f'Rendering {opts.num_images} {res}x{res} images into {opts.data}...', flush=True)
         convert_dataset('toy:colored-digits', opts.data, resolution=res, num_images=opts.num_images, progress=False)
+
+
+def benchmark_training(opts):
+    import training_hooks
     classifier = make_classifier(opts.data, os.path.join(opts.workdir, 'untrained-classifier.pt'))
     methods = training_hooks.list_hooks() if opts.methods == 'all' else training_hooks.parse_methods(opts.methods)
-    configs = [('none', 'ref'), ('none', 'cuda')] + [(m, 'cuda') for m in methods if m != 'none']
+    configs = ([] if opts.skip_ref_training else [('none', 'ref')]) + [('none', 'cuda')] + \
+        [(m, 'cuda') for m in methods if m != 'none']
     rows = []
     for method, ops in configs:
-        row = run_training(opts, method, ops, hook_options_for(method, classifier, opts.lpips_backbone))
+        row = run_training(opts, method, ops, hook_options_for(method, classifier, opts))
         rows.append(row)
-        print(format_train_row(row, rows[0]), flush=True)
+        print(format_train_row(row, plain_cuda_row(rows)), flush=True)
     return rows
 
 
-def format_train_row(row, baseline):
+def format_train_row(row, plain):
+    """One table row; `plain` is plain StyleGAN2 with the CUDA ops, the yardstick of the ratio column."""
     label = 'StyleGAN2' if row['method'] == 'none' else row['method']
     label += f" ({'reference ops' if row['ops'] == 'ref' else 'CUDA ops'})"
     if 'error' in row:
         return f"| {label} | failed: {row['error']} | | |"
-    ratio = ''
-    if 'sec_per_kimg' in baseline and row is not baseline:
-        ratio = f"{baseline['sec_per_kimg'] / row['sec_per_kimg']:.2f}x"
+    ratio = f"{row['sec_per_kimg'] / plain['sec_per_kimg']:.2f}" if plain and 'sec_per_kimg' in plain else ''
     return f"| {label} | {row['sec_per_kimg']:.2f} | {ratio} | {row['peak_mem_gib']:.1f} |"
+
+
+def plain_cuda_row(rows):
+    return next((r for r in rows if r['method'] == 'none' and r['ops'] == 'cuda'), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Our train.py against the official one: same command line, same GPU, sec/kimg from the tick lines
+
+TICK_RE = re.compile(r'^tick\s+(\d+).*?sec/kimg\s+([\d.]+)(?:.*?gpumem\s+([\d.]+))?')
+
+
+def run_cli(opts, name, train_cmd):
+    """Run one train.py for --cli-kimg kimg and return the median sec/kimg of ticks 2 and later
+    (tick 1 holds the kernel builds and cuDNN autotuning) and the peak GPU memory those ticks report."""
+    outdir = os.path.join(opts.workdir, f'cli-{name}')
+    cmd = [sys.executable] + train_cmd + [f'--outdir={outdir}', f'--data={opts.data}', '--gpus=1', '--cfg=paper256',
+           f'--batch={opts.batch}', f'--kimg={opts.cli_kimg}', '--metrics=none', '--snap=1000', '--seed=0']
+    print(f'$ {" ".join(cmd)}', flush=True)
+    try:
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=opts.run_timeout)
+        stdout, stderr, ended = out.stdout, out.stderr, f'exit code {out.returncode}'
+    except subprocess.TimeoutExpired as err:  # the ticks it did finish still count
+        stdout, stderr = (_text(err.stdout), _text(err.stderr))
+        ended = f'stopped after --run-timeout={opts.run_timeout:g} s'
+    with open(os.path.join(opts.workdir, f'cli-{name}.log'), 'w') as f:
+        f.write(f'$ {" ".join(cmd)}\n{stdout}\n--- stderr ---\n{stderr}\n{ended}\n')
+    ticks = [m.groups() for m in map(TICK_RE.match, stdout.splitlines()) if m]
+    steady = [(float(sec), float(mem or 'nan')) for tick, sec, mem in ticks if int(tick) >= 2]
+    if not steady:
+        tail = (stderr or stdout).strip().splitlines()[-4:]
+        return dict(name=name, error=f'{ended}: ' + ' / '.join(tail)[-400:])
+    return dict(name=name, sec_per_kimg=statistics.median(s for s, _ in steady),
+                peak_mem_gib=max(m for _, m in steady), ticks=len(steady),
+                warnings=sorted({ln.strip()[:160] for ln in stderr.splitlines() if 'warn' in ln.lower()})[:5])
+
+
+def _text(data):
+    return data.decode(errors='replace') if isinstance(data, bytes) else (data or '')
+
+
+def benchmark_cli(opts):
+    rows = [run_cli(opts, 'official', [os.path.join(REPO, 'benchmarks', '_official_train.py'),
+                                       os.path.abspath(opts.official)]),
+            run_cli(opts, 'stylegan2-fair', [os.path.join(REPO, 'train.py')])]
+    for row in rows:
+        print(format_cli_row(row, rows[0]), flush=True)
+    return rows
+
+
+def format_cli_row(row, official):
+    if 'error' in row:
+        return f"| {row['name']} | failed: {row['error']} | | | |"
+    ratio = f"{row['sec_per_kimg'] / official['sec_per_kimg']:.3f}" if 'sec_per_kimg' in official else ''
+    return f"| {row['name']} | {row['sec_per_kimg']:.3f} | {ratio} | {row['peak_mem_gib']:.2f} | {row['ticks']} |"
 
 
 # ----------------------------------------------------------------------------------------------
 
-def write_report(path, command, op_rows, train_rows, opts):
+def write_report(path, command, op_rows, train_rows, opts, cli_rows=()):
     device = torch.cuda.get_device_name(0) if opts.device == 'cuda' else 'CPU (harness smoke test)'
     lines = ['# GPU speed: CUDA ops vs reference ops, and training sec/kimg', '',
              f'Machine: {device}, {platform.platform()}, torch {torch.__version__} '
@@ -259,10 +327,21 @@ def write_report(path, command, op_rows, train_rows, opts):
         lines += [f'## Training, {opts.resolution}x{opts.resolution} paper256 recipe, batch {opts.batch} '
                   f'(batch_gpu {opts.batch_gpu}), '
                   f'{opts.kimg} kimg timed after {opts.warmup_kimg} kimg warm-up',
-                  '', 'Speed-up: sec/kimg of StyleGAN2 with the reference ops divided by this row\'s. '
+                  '', 'Ratio: this row\'s sec/kimg over plain StyleGAN2 with the CUDA ops (1.30 = 30% overhead). '
                   'Peak memory: torch.cuda.max_memory_allocated during the timed part.', '',
-                  '| run | sec/kimg | speed-up vs reference ops | peak GPU memory (GiB) |', '|---|---|---|---|']
-        lines += [format_train_row(r, train_rows[0]) for r in train_rows] + ['']
+                  '| run | sec/kimg | ratio to plain (CUDA ops) | peak GPU memory (GiB) |', '|---|---|---|---|']
+        lines += [format_train_row(r, plain_cuda_row(train_rows)) for r in train_rows] + ['']
+    if cli_rows:
+        lines += [f'## Plain training: official train.py vs ours, same command, same GPU', '',
+                  f'`train.py --gpus=1 --cfg=paper256 --batch={opts.batch} --kimg={opts.cli_kimg} --metrics=none` '
+                  f'on the same {opts.resolution}x{opts.resolution} dataset; sec/kimg is the median over ticks 2 and '
+                  'later (tick 1 holds kernel builds and cuDNN autotuning), memory the peak those ticks report.', '',
+                  '| train.py | sec/kimg | ratio to official | peak GPU memory (GiB) | ticks |', '|---|---|---|---|---|']
+        lines += [format_cli_row(r, cli_rows[0]) for r in cli_rows] + ['']
+        for row in cli_rows:
+            lines += [f"Warnings from {row['name']}: " + '; '.join(f'`{w}`' for w in row['warnings'])
+                      for _ in [0] if row.get('warnings')]
+        lines += ['']
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
@@ -283,8 +362,13 @@ def parse_args(argv):
     parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'gpu_speed.md'))
     parser.add_argument('--skip-ops', action='store_true')
     parser.add_argument('--skip-training', action='store_true')
-    parser.add_argument('--lpips-backbone', metavar='PATH',
-                        help='VGG16 weights file for methods using LPIPS (IMLE), where nothing can be downloaded')
+    parser.add_argument('--lpips-backbone', metavar='PATH', default='random',
+                        help="VGG16 weights file for methods using LPIPS (IMLE); default 'random' weights (same speed)")
+    parser.add_argument('--official', metavar='DIR', help='a checkout of NVlabs/stylegan2-ada-pytorch: also time '
+                        'its train.py against ours with the same command line')
+    parser.add_argument('--cli-kimg', type=int, default=12, help='length of each train.py run for --official')
+    parser.add_argument('--skip-ref-training', action='store_true', help='no training row with the reference ops')
+    parser.add_argument('--skip-methods', action='store_true', help='no per-method training rows')
     parser.add_argument('--run-timeout', type=float, default=900, help='seconds before one training run is given up')
     # A CPU smoke test of the harness itself: --device=cpu --resolution=32 --skip-ops --batch=4 ...
     parser.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
@@ -312,8 +396,11 @@ def main(argv=None):
         raise SystemExit('--device=cpu only smoke-tests the training harness: add --skip-ops')
     command = 'python benchmarks/gpu_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     op_rows = [] if opts.skip_ops else benchmark_ops(torch.device('cuda'))
-    train_rows = [] if opts.skip_training else benchmark_training(opts)
-    write_report(opts.out, command.strip(), op_rows, train_rows, opts)
+    if not opts.skip_training:
+        prepare_dataset(opts)
+    train_rows = [] if opts.skip_training or opts.skip_methods else benchmark_training(opts)
+    cli_rows = benchmark_cli(opts) if opts.official and not opts.skip_training else []
+    write_report(opts.out, command.strip(), op_rows, train_rows, opts, cli_rows)
 
 
 if __name__ == '__main__':

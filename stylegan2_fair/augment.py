@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .ops.upfirdn2d import upfirdn2d, upsample2d
+from .ops.grid_sample import grid_sample
 
 # Low-pass decomposition filter of the 'sym6' wavelet (12 taps). Its near-linear phase and
 # strong stop band make the 2x up/down resampling around bilinear sampling nearly alias-free.
@@ -203,7 +204,7 @@ def _resample(images, G, Hz):
     gx = (2 * (src[:, 0] + (w - 1) / 2 + px0) + 1) / pw - 1
     gy = (2 * (src[:, 1] + (h - 1) / 2 + py0) + 1) / ph - 1
     grid = torch.stack([gx, gy], dim=-1).reshape(n, len(uy), len(ux), 2).to(images.dtype)
-    sampled = F.grid_sample(upsampled, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    sampled = grid_sample(upsampled, grid, padding_mode='reflection', align_corners=False)
     return upfirdn2d(sampled, Hz, down=2, flip_filter=True)
 
 

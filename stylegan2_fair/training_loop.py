@@ -230,7 +230,9 @@ class TrainingLoop:
             asked_here = self.abort_fn is not None and bool(self.abort_fn())
             stop = distributed.any_across_ranks(asked_here)
             done = self.cur_nimg >= self.total_kimg * 1000
-            if done or self.cur_nimg >= self.tick_start_nimg + self.kimg_per_tick * 1000:
+            # Tick 0 closes after the first step, as in the official loop: its log line, snapshot
+            # and fakes show the starting point, and ticks 1, 2, ... then cover kimg_per_tick each.
+            if done or self.cur_tick == 0 or self.cur_nimg >= self.tick_start_nimg + self.kimg_per_tick * 1000:
                 self._tick(done)
             if stop and not done:
                 self._stop_early(asked_here)
@@ -312,11 +314,17 @@ class TrainingLoop:
         stats.report0('Timing/sec_per_tick', tick_sec, self.rank)
         stats.report0('Timing/sec_per_kimg', tick_sec / max(tick_kimg, 1e-8), self.rank)
         stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30, self.rank)
+        gpu_mem = ''
+        if self.device.type == 'cuda':  # peak of this tick, as the official status line reports it
+            peak_gb = stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(self.device) / 2**30,
+                                    self.rank)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            gpu_mem = f' gpumem {peak_gb:<6.2f}'
         augment_p = float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
         stats.report0('Progress/augment', augment_p, self.rank)
         self._log(f'tick {self.cur_tick:<5d} kimg {self.cur_nimg / 1000:<8.1f} '
                   f'time {stats.format_time(now - self.start_time):<12s} sec/tick {tick_sec:<7.1f} '
-                  f'sec/kimg {tick_sec / max(tick_kimg, 1e-8):<7.2f} augment {augment_p:.3f}')
+                  f'sec/kimg {tick_sec / max(tick_kimg, 1e-8):<7.2f}{gpu_mem} augment {augment_p:.3f}')
 
         for hook in self.hooks:
             hook.on_tick_end(self.run)

@@ -233,6 +233,36 @@ def test_upfirdn2d_kernel_equals_reference(gpu, up, down, padding, flip, taps, d
     _assert_close(dx, dx_ref, dtype)
 
 
+# The tiled kernel (4x4 filters, up or down 2, planes of 32x32 outputs or more): patches that do
+# not divide the plane, several patches per axis, padding and cropping, a non-symmetric filter.
+TILED_CASES = [  # up, down, padding
+    (1, 1, [1, 2, 1, 2]), (1, 1, [2, 2, 2, 2]), (1, 1, [-3, 1, 0, -2]),
+    (2, 1, [2, 1, 2, 1]), (2, 1, [1, 2, 0, 3]), (2, 1, [-2, -1, 3, 0]),
+    (1, 2, [1, 1, 1, 1]), (1, 2, [2, 2, 2, 2]), (1, 2, [0, 3, -1, 1]),
+]
+
+
+@requires_gpu
+@pytest.mark.parametrize('up,down,padding', TILED_CASES)
+@pytest.mark.parametrize('flip', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('layout', ['contiguous', 'strided'])
+def test_upfirdn2d_tiled_kernel_equals_reference(gpu, up, down, padding, flip, dtype, layout):
+    gen = torch.Generator().manual_seed(up * 10 + down)
+    height, width = (40, 150) if up == 1 else (21, 40)  # outputs of at least 32x32, several patches
+    x = torch.randn([2, 3, height * (2 if layout == 'strided' else 1), width], generator=gen).to(gpu, dtype)
+    x = (x[:, :, ::2] if layout == 'strided' else x).requires_grad_(True)
+    f = (torch.rand([4, 4], generator=gen) + 0.1).to(gpu)  # not symmetric: a flipped tap would show
+    kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=up * up * 1.3)
+    y = upfirdn2d.upfirdn2d(x, f, impl='cuda', **kwargs)
+    y_ref = upfirdn2d.upfirdn2d(x, f, impl='ref', **kwargs)
+    assert y.shape[2] * y.shape[3] >= 1024
+    _assert_close(y, y_ref, dtype, scale=4)
+    dy = torch.randn_like(y)
+    (dx,), (dx_ref,) = torch.autograd.grad(y, x, dy), torch.autograd.grad(y_ref, x, dy)
+    _assert_close(dx, dx_ref, dtype, scale=4)
+
+
 @requires_gpu
 @pytest.mark.parametrize('up,down,padding,flip,taps', FIR_CASES[:5])
 def test_upfirdn2d_kernel_gradcheck_and_gradgradcheck(gpu, up, down, padding, flip, taps):
@@ -288,6 +318,26 @@ def test_bias_act_kernel_equals_reference(gpu, act, clamp, dtype, layout):
         (dx, db), (dx_ref, db_ref) = _grads(fn, [x, b], order), _grads(fn_ref, [x, b], order)
         _assert_close(dx, dx_ref, dtype)
         _assert_close(db, db_ref, dtype, scale=terms_per_bias)
+
+
+@requires_gpu
+@pytest.mark.parametrize('act', ['linear', 'lrelu', 'tanh'])  # both compile-time activations and a runtime one
+@pytest.mark.parametrize('shape', [(3, 5, 17, 40), (2, 3, 64, 80)])  # rows of 680 and 5120 elements
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_bias_act_row_kernel_equals_reference(gpu, act, shape, dtype):
+    # Planar feature maps (bias stride >= 256) take the row kernel: one bias value per row.
+    x, b = _bias_act_inputs(dtype, gpu, 'contiguous', act, 1.5, shape=shape)
+    for order in (0, 1, 2):
+        if order == 0:
+            out = bias_act.bias_act(x, b, act=act, clamp=1.5, impl='cuda')
+            ref = bias_act.bias_act(x, b, act=act, clamp=1.5, impl='ref')
+            _assert_close(out, ref, dtype)
+            continue
+        def fn(x, b, impl='cuda'):
+            return bias_act.bias_act(x, b, act=act, clamp=1.5, impl=impl)
+        (dx, db), (dx_ref, db_ref) = _grads(fn, [x, b], order), _grads(lambda x, b: fn(x, b, 'ref'), [x, b], order)
+        _assert_close(dx, dx_ref, dtype)
+        _assert_close(db, db_ref, dtype, scale=(x.numel() // b.numel()) ** 0.5)
 
 
 @requires_gpu

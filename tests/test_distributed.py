@@ -168,8 +168,8 @@ def test_two_processes_draw_each_image_as_often_as_one_and_keep_identical_weight
     assert ranks[0]['G_opt'] == ranks[1]['G_opt']
     # Different latents per rank: the 2-process weights differ from the 1-process ones.
     assert not all(torch.equal(v, ranks[0]['G'][k]) for k, v in one['G'].items())
-    # Rank 0 alone writes the outputs: one stats line per tick, not one per rank.
-    assert len((tmp_path / 'two' / 'stats.jsonl').read_text().splitlines()) == 2
+    # Rank 0 alone writes the outputs: one stats line per tick (0 after the first step, 1, 2), not one per rank.
+    assert len((tmp_path / 'two' / 'stats.jsonl').read_text().splitlines()) == 3
 
 
 # A dead rank --------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def stop_after(steps):
 
 def run_loop(run_dir, data, hooks=(), **overrides):
     args = tiny_args(data)
-    args.update(total_kimg=0.028, **overrides)  # 7 steps of 4 images, a tick every 2 steps
+    args.update(total_kimg=0.028, **overrides)  # 7 steps of 4 images; ticks end at steps 1, 3, 5, 7
     loop = TrainingLoop(run_dir=str(run_dir), hooks=list(hooks), progress=False, **args)
     status = loop.train()
     return loop, status
@@ -91,11 +91,11 @@ def test_stop_mid_tick_then_resume_gives_the_uninterrupted_weights(tmp_path, toy
     full, status = run_loop(tmp_path / 'full', toy_zip, ada_interval=1)
     assert status == 'done'
     hook = EndRecorder()
-    half, status = run_loop(tmp_path / 'run', toy_zip, hooks=[hook], abort_fn=stop_after(3), ada_interval=1)
-    assert status == 'stopped' and half.cur_nimg == 12 and not hook.ended  # the run is not over
+    half, status = run_loop(tmp_path / 'run', toy_zip, hooks=[hook], abort_fn=stop_after(4), ada_interval=1)
+    assert status == 'stopped' and half.cur_nimg == 16 and not hook.ended  # the run is not over
     state = checkpoint.load_training_state(tmp_path / 'run' / 'training-state-000000.pt')
-    # Stopped after step 3, in the middle of the tick that started at step 2.
-    assert (state['cur_nimg'], state['cur_tick'], state['tick_start_nimg'], state['batch_idx']) == (12, 1, 8, 3)
+    # Stopped after step 4, in the middle of tick 2 (steps 4-5).
+    assert (state['cur_nimg'], state['cur_tick'], state['tick_start_nimg'], state['batch_idx']) == (16, 2, 12, 4)
     resumed, status = run_loop(tmp_path / 'run', toy_zip, ada_interval=1, resume_state=state,
                                resume_pkl=str(tmp_path / 'run' / 'network-snapshot-000000.pkl'))
     assert status == 'done' and resumed.cur_nimg == full.cur_nimg == 28
@@ -114,8 +114,8 @@ def test_a_stop_at_a_snapshot_tick_writes_the_state_once(tmp_path, toy_zip):
             super().save_snapshot()
     args = tiny_args(toy_zip)
     args.update(total_kimg=0.028)
-    status = CountingLoop(run_dir=str(tmp_path), progress=False, abort_fn=stop_after(2), **args).train()
-    assert status == 'stopped' and saved == [8]
+    status = CountingLoop(run_dir=str(tmp_path), progress=False, abort_fn=stop_after(3), **args).train()
+    assert status == 'stopped' and saved == [4, 12]  # tick 0's snapshot, then tick 1's, which the stop shares
 
 
 def test_snap_minutes_and_kimg_per_tick_reach_the_loop(tmp_path, toy_zip):
@@ -131,9 +131,9 @@ def test_snap_minutes_and_kimg_per_tick_reach_the_loop(tmp_path, toy_zip):
     args.update(total_kimg=0.036, kimg_per_tick=0.012, network_snapshot_ticks=100, image_snapshot_ticks=100,
                 snapshot_minutes=0.0)  # every tick is at least 0 minutes after the last snapshot
     CountingLoop(run_dir=str(tmp_path), progress=False, **args).train()
-    assert saved == [12, 24, 36]  # by ticks (tick 0, the end) only [12, 36]
+    assert saved == [4, 16, 28, 36]  # by ticks (tick 0 after the first step, the end) only [4, 36]
     ticks = (tmp_path / 'stats.jsonl').read_text().splitlines()
-    assert len(ticks) == 3
+    assert len(ticks) == 4
 
 
 # Finding the state to continue --------------------------------------------------------------------
