@@ -38,6 +38,8 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from _common import generate  # noqa: E402
+
 
 def make_loop(data, run_dir, kimg, seed, batch, channels, method, hook_kwargs):
     """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, with smaller networks."""
@@ -116,16 +118,6 @@ def train_interleaved(vanilla, dia):
         for h in loop.hooks:
             h.on_train_end(loop.run)
     return step_sec, hook_by_phase, steps
-
-
-@torch.no_grad()
-def generate(G, n, seed, batch=256):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, n, batch):
-        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)
-        out.append(G(z, torch.zeros([len(z), G.c_dim]), noise_mode='const').clamp(-1, 1))
-    return torch.cat(out)
 
 
 def green_share(images):

@@ -29,6 +29,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from _common import longtail_options  # noqa: E402
+
 METHODS = [('vanilla', ['--fair-method=none']),
            ('reweight', ['--fair-method=reweight']),
            ('fairness loss', ['--fair-method=fairness'])]
@@ -58,15 +60,9 @@ def fmt_hist(shares):
 @click.option('--workdir', default='/tmp/fairness-longtail', show_default=True, help='Datasets, runs, figures')
 @click.option('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'fairness.md'), show_default=True)
 @click.option('--kimg', type=int, default=6, show_default=True, help='Training length of every run')
-@click.option('--num-images', type=int, default=5000, show_default=True)
-@click.option('--imbalance', type=float, default=0.1, show_default=True)
-@click.option('--num-sets', type=int, default=5, show_default=True)
-@click.option('--set-size', type=int, default=2000, show_default=True)
 @click.option('--fair-weight', type=float, default=1.0, show_default=True)
 @click.option('--classifier-epochs', type=int, default=6, show_default=True)
-@click.option('--threads', type=int, default=1, show_default=True,
-              help='torch threads per process (1 is fastest on a shared 2-core machine)')
-@click.option('--seed', type=int, default=0, show_default=True)
+@longtail_options
 @click.option('--report-only', is_flag=True, help='Rewrite the report from WORKDIR/results.json of an earlier run')
 def main(workdir, out, kimg, num_images, imbalance, num_sets, set_size, fair_weight, classifier_epochs, threads,
          seed, report_only):

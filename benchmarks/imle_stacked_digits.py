@@ -35,6 +35,8 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from _common import generate  # noqa: E402
+
 
 def make_dataset(workdir, kind, num_images, resolution, seed, **options):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
@@ -64,17 +66,6 @@ def train(loop):
     start = time.time()
     loop.train()
     return time.time() - start
-
-
-@torch.no_grad()
-def generate(G, n, seed, batch=256):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, n, batch):
-        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)
-        c = torch.zeros([len(z), G.c_dim])
-        out.append(G(z, c, noise_mode='const').clamp(-1, 1))
-    return torch.cat(out)
 
 
 # Mode classifier --------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from _common import longtail_options  # noqa: E402
+
 
 def run(cmd, env, log):
     print('$ ' + ' '.join(cmd), flush=True)
@@ -85,14 +87,8 @@ def short(path):
               help='How long each search of the throughput comparison runs')
 @click.option('--trunc', type=float, default=1.0, show_default=True,
               help='Truncation psi of the search (the paper: 0.7; see the report)')
-@click.option('--num-images', type=int, default=5000, show_default=True)
-@click.option('--imbalance', type=float, default=0.1, show_default=True)
-@click.option('--num-sets', type=int, default=5, show_default=True)
-@click.option('--set-size', type=int, default=2000, show_default=True)
 @click.option('--classifier-epochs', type=int, default=4, show_default=True)
-@click.option('--threads', type=int, default=1, show_default=True,
-              help='torch threads per process (1 is fastest on a shared 2-core machine)')
-@click.option('--seed', type=int, default=0, show_default=True)
+@longtail_options
 @click.option('--reuse', is_flag=True, help='Reuse the outputs of steps already in --workdir')
 def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, num_images, imbalance, num_sets,
          set_size, classifier_epochs, threads, seed, reuse):
@@ -137,7 +133,8 @@ def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, n
         outdir = os.path.join(workdir, 'runs', name)
         cmd = [py, 'train.py', f'--outdir={outdir}', f'--kimg={length}', f'--snap={10 * length}'] + common + flags
         runs[name] = (outdir, cmd)
-        if reuse and os.path.isdir(outdir) and os.listdir(outdir):
+        stamp = outdir + '.cmd'  # the command that made outdir: a run is reused only for the same one
+        if reuse and os.path.isdir(outdir) and os.path.exists(stamp) and open(stamp).read() == ' '.join(cmd):
             print(f'reusing {name}', flush=True)
             reused.append(name)
             return
@@ -145,6 +142,8 @@ def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, n
             import shutil
             shutil.rmtree(outdir)
         timings.measure(name, lambda: run(cmd, env, os.path.join(workdir, f'train-{name}.log')))
+        with open(stamp, 'w') as f:
+            f.write(' '.join(cmd))
 
     # Table 4 rows on the imbalanced data.
     train('baseline', [f'--data={data}'], kimg)

@@ -2,6 +2,8 @@
 #pragma once
 #include <cuda_fp16.h>
 
+#include "ops.h"
+
 namespace sg2f {
 
 template <typename T> struct AccumulatorOf { using type = float; };
@@ -22,6 +24,17 @@ inline unsigned int grid_blocks(long long work_items, int block_size) {
     long long blocks = (work_items + block_size - 1) / block_size;
     const long long max_blocks = 1 << 16;
     return static_cast<unsigned int>(blocks < max_blocks ? (blocks > 0 ? blocks : 1) : max_blocks);
+}
+
+// Calls launch(T()) with T the element type `dtype` names: the one place that maps Dtype to kernels.
+template <typename Launch>
+cudaError_t dispatch_dtype(Dtype dtype, Launch&& launch) {
+    switch (dtype) {
+        case Dtype::kFloat16: return launch(__half());
+        case Dtype::kFloat32: return launch(float());
+        case Dtype::kFloat64: return launch(double());
+    }
+    return cudaErrorInvalidValue;
 }
 
 }  // namespace sg2f

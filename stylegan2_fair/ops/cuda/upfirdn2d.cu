@@ -177,12 +177,7 @@ cudaError_t launch(const Upfirdn2dParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_upfirdn2d(const Upfirdn2dParams& p, Dtype dtype, cudaStream_t stream) {
-    switch (dtype) {
-        case Dtype::kFloat16: return launch<__half>(p, stream);
-        case Dtype::kFloat32: return launch<float>(p, stream);
-        case Dtype::kFloat64: return launch<double>(p, stream);
-    }
-    return cudaErrorInvalidValue;
+    return dispatch_dtype(dtype, [&](auto element) { return launch<decltype(element)>(p, stream); });
 }
 
 }  // namespace sg2f

@@ -1,0 +1,31 @@
+"""Pieces several benchmark scripts share (run them as `python benchmarks/NAME.py`: this folder is on sys.path)."""
+import click
+import torch
+
+
+@torch.no_grad()
+def generate(G, n, seed, batch=256):
+    """n images of G at psi 1 with constant noise, clipped to [-1, 1] as saved images would be; the
+    latents come from `seed` alone, so two models given the same seed see the same z."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch):
+        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)
+        out.append(G(z, torch.zeros([len(z), G.c_dim]), noise_mode='const').clamp(-1, 1))
+    return torch.cat(out)
+
+
+def longtail_options(fn):
+    """The data, metric and machine options of the benchmarks on toy:longtail-digits."""
+    options = [
+        click.option('--num-images', type=int, default=5000, show_default=True),
+        click.option('--imbalance', type=float, default=0.1, show_default=True),
+        click.option('--num-sets', type=int, default=5, show_default=True, help='Image sets the fairness is averaged over'),
+        click.option('--set-size', type=int, default=2000, show_default=True),
+        click.option('--threads', type=int, default=1, show_default=True,
+                     help='torch threads per process (1 is fastest on a shared 2-core machine)'),
+        click.option('--seed', type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
