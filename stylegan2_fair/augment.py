@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops.upfirdn2d import upfirdn2d, upsample2d
 from .ops.grid_sample import grid_sample
+from .ops.upfirdn2d import upfirdn2d, upsample2d
 
 # Low-pass decomposition filter of the 'sym6' wavelet (12 taps). Its near-linear phase and
 # strong stop band make the 2x up/down resampling around bilinear sampling nearly alias-free.
