@@ -268,8 +268,9 @@ TICK_RE = re.compile(r'^tick\s+(\d+).*?sec/kimg\s+([\d.]+)(?:.*?gpumem\s+([\d.]+
 
 
 def run_cli(opts, name, train_cmd):
-    """Run one train.py for --cli-kimg kimg and return the median sec/kimg of ticks 2 and later
-    (tick 1 holds the kernel builds and cuDNN autotuning) and the peak GPU memory those ticks report."""
+    """Run one train.py for --cli-kimg kimg and return the median sec/kimg of ticks 2 and later (tick 0
+    is the first step, with the kernel builds; tick 1 may still hold cuDNN autotuning) and the peak GPU
+    memory those ticks report."""
     outdir = os.path.join(opts.workdir, f'cli-{name}')
     cmd = [sys.executable] + train_cmd + [f'--outdir={outdir}', f'--data={opts.data}', '--gpus=1', '--cfg=paper256',
            f'--batch={opts.batch}', f'--kimg={opts.cli_kimg}', '--metrics=none', '--snap=1000', '--seed=0']
@@ -339,9 +340,8 @@ def write_report(path, command, op_rows, train_rows, opts, cli_rows=()):
                   '| train.py | sec/kimg | ratio to official | peak GPU memory (GiB) | ticks |', '|---|---|---|---|---|']
         lines += [format_cli_row(r, cli_rows[0]) for r in cli_rows] + ['']
         for row in cli_rows:
-            lines += [f"Warnings from {row['name']}: " + '; '.join(f'`{w}`' for w in row['warnings'])
-                      for _ in [0] if row.get('warnings')]
-        lines += ['']
+            if row.get('warnings'):
+                lines += [f"Warnings from {row['name']}: " + '; '.join(f'`{w}`' for w in row['warnings']), '']
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
