@@ -336,7 +336,7 @@ def write_report(path, command, op_rows, train_rows, opts, cli_rows=()):
         lines += [f'## Plain training: official train.py vs ours, same command, same GPU', '',
                   f'`train.py --gpus=1 --cfg=paper256 --batch={opts.batch} --kimg={opts.cli_kimg} --metrics=none` '
                   f'on the same {opts.resolution}x{opts.resolution} dataset; sec/kimg is the median over ticks 2 and '
-                  'later (tick 1 holds kernel builds and cuDNN autotuning), memory the peak those ticks report.', '',
+                  'later (tick 0 is the first step, with the kernel builds), memory the peak those ticks report.', '',
                   '| train.py | sec/kimg | ratio to official | peak GPU memory (GiB) | ticks |', '|---|---|---|---|---|']
         lines += [format_cli_row(r, cli_rows[0]) for r in cli_rows] + ['']
         for row in cli_rows:
