@@ -231,3 +231,26 @@ def test_metrics_run_on_each_snapshot_during_training(tmp_path, toy_zip, monkeyp
     assert len(lines) == 3  # one per snapshot (every tick here, tick 0 included)
     assert lines[-1]['snapshot_pkl'] == 'network-snapshot-000000.pkl'
     assert np.isfinite(lines[-1]['results']['fid16'])
+
+
+DEVICE_OPS = [('cpu', 'ref')] + ([('cuda', 'ref'), ('cuda', 'cuda')] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device,ops', DEVICE_OPS)
+def test_augmented_reals_reach_r1_on_every_device(tmp_path, toy_zip, monkeypatch, device, ops):
+    # R1 differentiates D's gradient w.r.t. augmented reals: every op of the augmentation (grid_sample
+    # included: torch's own has no second derivative on CUDA) must be twice differentiable on the device.
+    from stylegan2_fair import augment
+    monkeypatch.setenv('STYLEGAN2_FAIR_OPS', ops)
+    resamplings = []
+
+    def counted_grid_sample(*args, **kwargs):
+        resamplings.append(args[0].requires_grad)
+        return augment_grid_sample(*args, **kwargs)
+    augment_grid_sample = augment.grid_sample
+    monkeypatch.setattr(augment, 'grid_sample', counted_grid_sample)
+    loop = run_loop(tmp_path, toy_zip, device=device, augment_p=1.0, ada_target=None, D_reg_interval=1)
+    lines = [json.loads(line) for line in open(tmp_path / 'stats.jsonl')]
+    r1 = [line['Loss/r1_penalty']['mean'] for line in lines if 'Loss/r1_penalty' in line]
+    assert len(r1) == len(lines) and all(np.isfinite(r1)) and max(r1) > 0
+    assert float(loop.augment_pipe.p) == 1.0 and any(resamplings)  # R1's reals went through grid_sample
