@@ -1,31 +1,49 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: build the CUDA ops, check them against the reference
-# path, then time ops and training. Logs and reports go to OUTDIR.
+# Everything that needs a GPU: build the CUDA ops, check them against the reference path, then
+# time ops and training. Logs and reports go to OUTDIR; datasets and runs to WORKDIR (default /tmp/gpu-work).
 #
-#   bash benchmarks/gpu_checks.sh OUTDIR [correctness|speed|all] [extra gpu_speed.py args...]
+#   bash benchmarks/gpu_checks.sh OUTDIR STEP... [-- extra gpu_speed.py args]
 #
-# OFFICIAL=/path/to/stylegan2-ada-pytorch adds the official train.py to the speed table.
+# Steps, in the order given (each fits a 10-minute slot on one H100):
+#   correctness  build, then tests/test_cuda_ops.py, test_grid_sample.py and the GPU training test (~1 min)
+#   ops          op timings, reference vs CUDA (~1 min)
+#   methods      training sec/kimg and peak memory: plain (reference and CUDA ops) and every method (~6 min)
+#   official     our train.py against the official one, same command line (~8 min for 8 kimg each);
+#                needs OFFICIAL=/path/to/stylegan2-ada-pytorch
 set -u
-out=${1:?usage: gpu_checks.sh OUTDIR [correctness|speed|all] [gpu_speed args]}
-what=${2:-all}
-shift $(( $# < 2 ? $# : 2 ))
+out=${1:?usage: gpu_checks.sh OUTDIR STEP... [-- gpu_speed args]}
+shift
+steps=()
+while [[ $# -gt 0 && $1 != -- ]]; do steps+=("$1"); shift; done
+[[ $# -gt 0 ]] && shift  # the '--'
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+work=${WORKDIR:-/tmp/gpu-work}
 cd "$(dirname "$0")/.."
 
-if [[ $what == correctness || $what == all ]]; then
-  nvidia-smi -L
-  $python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'
-  nvcc --version | tail -1
-  # Build once, with the compiler's output on failure.
-  /usr/bin/time -f 'build: %e s' $python -c \
-    'from stylegan2_fair.ops import cuda_build; print(cuda_build.get_plugin(required=True))' 2>&1 | tail -40
-  timeout 300 $python -m pytest tests/test_cuda_ops.py -q -p no:cacheprovider --maxfail=30 -rf \
-    2>&1 | tee "$out/cuda_tests.log" | tail -40
-fi
-
-if [[ $what == speed || $what == all ]]; then
-  $python benchmarks/gpu_speed.py --out="$out/gpu_speed.md" ${OFFICIAL:+--official="$OFFICIAL"} "$@" \
-    2>&1 | tee "$out/gpu_speed.log" | grep -v '^\$ '
-fi
+for step in "${steps[@]}"; do
+  case $step in
+    correctness)
+      nvidia-smi -L
+      $python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'
+      nvcc --version | tail -1
+      # Build once, with the compiler's output on failure.
+      /usr/bin/time -f 'build: %e s' $python -c \
+        'from stylegan2_fair.ops import cuda_build; print(cuda_build.get_plugin(required=True))' 2>&1 | tail -40
+      timeout 300 $python -m pytest -q -p no:cacheprovider --maxfail=30 -rf tests/test_cuda_ops.py \
+        tests/test_grid_sample.py tests/test_training.py::test_augmented_reals_reach_r1_on_every_device \
+        2>&1 | tee "$out/cuda_tests.log" | tail -40 ;;
+    ops)
+      $python benchmarks/gpu_speed.py --skip-training --out="$out/gpu_ops.md" "$@" 2>&1 | tee "$out/gpu_ops.log" ;;
+    methods)
+      $python benchmarks/gpu_speed.py --skip-ops --workdir="$work" --out="$out/gpu_methods.md" "$@" \
+        2>&1 | tee "$out/gpu_methods.log" | grep -v '^\$ ' ;;
+    official)
+      $python benchmarks/gpu_speed.py --skip-ops --skip-methods --official="${OFFICIAL:?set OFFICIAL}" \
+        --cli-kimg=8 --workdir="$work" --out="$out/gpu_official.md" "$@" 2>&1 | tee "$out/gpu_official.log" \
+        | grep -v '^\$ '
+      cp "$work"/cli-*.log "$out"/ 2>/dev/null ;;
+    *) echo "unknown step '$step' (correctness, ops, methods, official)" >&2; exit 2 ;;
+  esac
+done

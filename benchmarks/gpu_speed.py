@@ -79,6 +79,11 @@ def op_cases(device, dtype):
          lambda t, impl: bias_act.bias_act(t[0], t[1], act='lrelu', impl=impl)),
         ('bias_act linear [32,512] (mapping)', with_bias(32, 512),
          lambda t, impl: bias_act.bias_act(t[0], t[1], act='linear', impl=impl)),
+        # Low resolutions: the generic upfirdn2d kernel and the flat bias_act kernel.
+        ('upsample2d [32,512,8,8] (G up, 8->16)', images(32, 512, 8, 8),
+         lambda t, impl: upfirdn2d.upsample2d(t[0], f, impl=impl)),
+        ('bias_act lrelu [32,512,8,8]', with_bias(32, 512, 8, 8),
+         lambda t, impl: bias_act.bias_act(t[0], t[1], act='lrelu', impl=impl)),
     ]
 
 
