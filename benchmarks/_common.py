@@ -1,6 +1,12 @@
 """Pieces several benchmark scripts share (run them as `python benchmarks/NAME.py`: this folder is on sys.path)."""
+import os
+import subprocess
+import time
+
 import click
 import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @torch.no_grad()
@@ -29,3 +35,16 @@ def longtail_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def run(cmd, env, log):
+    """Run a command from the repository root, its output into `log`; stop the benchmark if it fails.
+    Returns (wall seconds, stdout)."""
+    start = time.time()
+    print('$ ' + ' '.join(cmd), flush=True)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    with open(log, 'w') as f:
+        f.write(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise SystemExit(f'command failed (log: {log}):\n{out.stderr[-3000:]}')
+    return time.time() - start, out.stdout

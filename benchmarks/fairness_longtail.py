@@ -18,7 +18,6 @@ Writes benchmarks/results/fairness.md (and a bar chart PNG in the work folder).
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -29,22 +28,11 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import longtail_options  # noqa: E402
+from _common import longtail_options, run  # noqa: E402
 
 METHODS = [('vanilla', ['--fair-method=none']),
            ('reweight', ['--fair-method=reweight']),
            ('fairness loss', ['--fair-method=fairness'])]
-
-
-def run(cmd, env, log):
-    start = time.time()
-    print('$ ' + ' '.join(cmd), flush=True)
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    with open(log, 'w') as f:
-        f.write(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise SystemExit(f'command failed (log: {log}):\n{out.stderr[-3000:]}')
-    return time.time() - start, out.stdout
 
 
 def latest(folder, pattern_prefix, suffix):

@@ -19,7 +19,6 @@ Writes benchmarks/results/rebalance.md. Steps whose outputs exist in --workdir a
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -30,16 +29,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import longtail_options  # noqa: E402
-
-
-def run(cmd, env, log):
-    print('$ ' + ' '.join(cmd), flush=True)
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    with open(log, 'w') as f:
-        f.write(out.stdout + out.stderr)
-    if out.returncode != 0:
-        raise SystemExit(f'command failed (log: {log}):\n{out.stderr[-3000:]}')
+from _common import longtail_options, run  # noqa: E402
 
 
 def cpu_seconds():
