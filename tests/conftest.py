@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the golden outputs of the official code live."""
+"""Shared test fixtures: the golden outputs of the official code, a toy dataset, a pinned thread count."""
 import os
 import pathlib
 
@@ -26,3 +26,22 @@ def official_fixtures():
     if not (path / 'ops.npz').is_file():
         pytest.skip(f'golden fixtures not found at {path}; set STYLEGAN2_FAIR_FIXTURES')
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Exactly one intra-op thread for the test (an in-process train CLI may have set more): tiny
+    tensors only lose from more, and exact comparisons between runs need one summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def toy_zip(tmp_path_factory):
+    """64 colored digits at 8x8 (75% red), one per test module."""
+    from stylegan2_fair.cli.dataset_tool import convert_dataset
+    path = tmp_path_factory.mktemp('data') / 'toy8.zip'
+    convert_dataset('toy:colored-digits', str(path), resolution=8, num_images=64, majority=0.75, progress=False)
+    return str(path)

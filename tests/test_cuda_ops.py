@@ -17,13 +17,7 @@ ACTIVATIONS = list(bias_act.activation_funcs)
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Tiny CPU tensors: extra intra-op threads only add sync cost, which explodes on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors: see conftest
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,19 +25,11 @@ from click.testing import CliRunner
 
 import training_hooks
 from stylegan2_fair import distributed
-from stylegan2_fair.cli.dataset_tool import convert_dataset
 from stylegan2_fair.cli.train import train
 from stylegan2_fair.training_loop import TrainingLoop
 from test_training import tiny_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def toy_zip(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'toy8.zip'
-    convert_dataset('toy:colored-digits', str(path), resolution=8, num_images=64, majority=0.75, progress=False)
-    return str(path)
 
 
 def free_port():

@@ -17,13 +17,7 @@ from stylegan2_fair.metrics.fairness import fairness_metric
 SKEWED = [0.5, 0.3, 0.15, 0.05]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The networks here are tiny: on a busy 2-core machine a second thread makes them several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors: see conftest
 
 
 class ClassCodeG(torch.nn.Module):

@@ -16,13 +16,7 @@ def _official_calls(prefix):
     return [c for c in calls if c['out'].startswith(prefix)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Tiny tensors: extra intra-op threads only add sync cost, which explodes (100x) on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors: see conftest
 
 
 @pytest.fixture(autouse=True)

@@ -11,29 +11,12 @@ import torch
 import training_hooks
 from stylegan2_fair import checkpoint, distributed
 from stylegan2_fair.classifiers import Classifier
-from stylegan2_fair.cli.dataset_tool import convert_dataset
 from stylegan2_fair.cli.train import find_resume_state, plan_run_dir, setup_training_options
 from stylegan2_fair.preemption import PREEMPTED_EXIT_CODE, StopSignals
 from stylegan2_fair.training_loop import TrainingLoop
 from test_training import tiny_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def toy_zip(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'toy8.zip'
-    convert_dataset('toy:colored-digits', str(path), resolution=8, num_images=64, majority=0.75, progress=False)
-    return str(path)
-
-
-@pytest.fixture
-def one_thread():
-    # Exact comparisons between runs need the same float summation order: pin the thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def stop_after(steps):
@@ -105,13 +88,18 @@ def test_stop_mid_tick_then_resume_gives_the_uninterrupted_weights(tmp_path, toy
     assert float(resumed.loss.pl_mean) == float(full.loss.pl_mean)
 
 
-def test_a_stop_at_a_snapshot_tick_writes_the_state_once(tmp_path, toy_zip):
-    saved = []
-
+def snapshot_counting_loop(saved):
+    """A TrainingLoop that appends cur_nimg to `saved` at every snapshot."""
     class CountingLoop(TrainingLoop):
         def save_snapshot(self):
             saved.append(self.cur_nimg)
             super().save_snapshot()
+    return CountingLoop
+
+
+def test_a_stop_at_a_snapshot_tick_writes_the_state_once(tmp_path, toy_zip):
+    saved = []
+    CountingLoop = snapshot_counting_loop(saved)
     args = tiny_args(toy_zip)
     args.update(total_kimg=0.028)
     status = CountingLoop(run_dir=str(tmp_path), progress=False, abort_fn=stop_after(3), **args).train()
@@ -122,11 +110,7 @@ def test_snap_minutes_and_kimg_per_tick_reach_the_loop(tmp_path, toy_zip):
     _, args = setup_training_options(data=toy_zip, cfg='tiny', snap=100, snap_minutes=0.0, kimg_per_tick=0.5)
     assert (args['snapshot_minutes'], args['kimg_per_tick'], args['network_snapshot_ticks']) == (0.0, 0.5, 100)
     saved = []
-
-    class CountingLoop(TrainingLoop):
-        def save_snapshot(self):
-            saved.append(self.cur_nimg)
-            super().save_snapshot()
+    CountingLoop = snapshot_counting_loop(saved)
     args = tiny_args(toy_zip)
     args.update(total_kimg=0.036, kimg_per_tick=0.012, network_snapshot_ticks=100, image_snapshot_ticks=100,
                 snapshot_minutes=0.0)  # every tick is at least 0 minutes after the last snapshot

@@ -19,7 +19,6 @@ import torch
 from click.testing import CliRunner
 
 from stylegan2_fair import checkpoint
-from stylegan2_fair.cli.dataset_tool import convert_dataset
 from stylegan2_fair.cli.train import train
 from stylegan2_fair.preemption import PREEMPTED_EXIT_CODE
 
@@ -58,13 +57,6 @@ case "$1" in
     show) echo localhost ;;
 esac
 '''
-
-
-@pytest.fixture(scope='module')
-def toy_zip(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'toy8.zip'
-    convert_dataset('toy:colored-digits', str(path), resolution=8, num_images=64, majority=0.75, progress=False)
-    return str(path)
 
 
 def script(name):

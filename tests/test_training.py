@@ -10,17 +10,9 @@ from click.testing import CliRunner
 
 import training_hooks
 from stylegan2_fair import checkpoint
-from stylegan2_fair.cli.dataset_tool import convert_dataset
 from stylegan2_fair.cli.train import setup_training_options, train
 from stylegan2_fair.samplers import InfiniteSampler
 from stylegan2_fair.training_loop import TrainingLoop
-
-
-@pytest.fixture(scope='module')
-def toy_zip(tmp_path_factory):
-    path = tmp_path_factory.mktemp('data') / 'colored.zip'
-    convert_dataset('toy:colored-digits', str(path), resolution=8, num_images=64, majority=0.75, progress=False)
-    return str(path)
 
 
 def tiny_args(data, **overrides):
