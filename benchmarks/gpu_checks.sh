@@ -10,6 +10,7 @@
 #   methods      training sec/kimg and peak memory: plain (reference and CUDA ops) and every method (~6 min)
 #   official     our train.py against the official one, same command line (~8 min for 8 kimg each);
 #                needs OFFICIAL=/path/to/stylegan2-ada-pytorch
+#   rebalance    latent-search throughput, batched vs one candidate per call, paper256-sized G (~1.5 min)
 set -u
 out=${1:?usage: gpu_checks.sh OUTDIR STEP... [-- gpu_speed args]}
 shift
@@ -44,6 +45,9 @@ for step in "${steps[@]}"; do
         --cli-kimg=8 --workdir="$work" --out="$out/gpu_official.md" "$@" 2>&1 | tee "$out/gpu_official.log" \
         | grep -v '^\$ '
       cp "$work"/cli-*.log "$out"/ 2>/dev/null ;;
-    *) echo "unknown step '$step' (correctness, ops, methods, official)" >&2; exit 2 ;;
+    rebalance)
+      $python benchmarks/rebalance_throughput.py --device=cuda --out="$out/rebalance_throughput.md" \
+        2>&1 | tee "$out/rebalance_throughput.log" | tail -12 ;;
+    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance)" >&2; exit 2 ;;
   esac
 done

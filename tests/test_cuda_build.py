@@ -67,7 +67,7 @@ def test_extension_compiles_and_loads_without_a_gpu(tmp_path):
     with pytest.raises(RuntimeError, match='must be a CUDA tensor'):
         module.upfirdn2d(torch.zeros(1, 1, 4, 4), torch.ones(2, 2), 1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
     with pytest.raises(RuntimeError, match='must be a CUDA tensor'):
-        module.bias_act(torch.zeros(4), None, None, 0, 0, 0, 0.0, 1.0, -1.0)
+        module.bias_act(torch.zeros(4), None, None, 0, 0, 0, 0.0, 1.0, -1.0, False)
 
 
 def test_auto_on_cpu_tensors_runs_the_reference_ops_without_building(monkeypatch, fresh_state):

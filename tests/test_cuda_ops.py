@@ -34,7 +34,12 @@ class ReferenceKernels:
             return upfirdn2d._upfirdn2d_ref(x, f, up_x, up_y, down_x, down_y, (pad_x0, pad_x1, pad_y0, pad_y1),
                                             flip_filter, gain)
 
-    def bias_act(self, x, b, grad, mode, dim, act_code, alpha, gain, clamp):
+    def bias_act(self, x, b, grad, mode, dim, act_code, alpha, gain, clamp, want_bias_grad):
+        y = self._bias_act(x, b, grad, mode, dim, act_code, alpha, gain, clamp)
+        other_dims = [i for i in range(y.ndim) if i != dim]
+        return y, (y.sum(other_dims) if want_bias_grad else None)
+
+    def _bias_act(self, x, b, grad, mode, dim, act_code, alpha, gain, clamp):
         spec = bias_act.activation_funcs[ACTIVATIONS[act_code]]
         z = x if b is None else x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
         if mode == 0:
@@ -171,6 +176,39 @@ def test_bias_act_third_derivative_equals_reference(reference_kernels, act):
     want = third(lambda x, b: bias_act._bias_act_ref(x, b, 1, spec, spec.def_alpha, spec.def_gain, -1.0))
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-12)
+
+
+def test_bias_act_auto_keeps_tiny_tensors_on_the_reference_ops(reference_kernels, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bias_act, '_use_cuda', lambda x, impl: True)  # as for a CUDA tensor with built kernels
+    original = functions.bias_act_cuda
+    monkeypatch.setattr(functions, 'bias_act_cuda', lambda *a: calls.append(a[0].numel()) or original(*a))
+    small = torch.randn(4, bias_act.MIN_KERNEL_NUMEL // 8)
+    large = torch.randn(8, bias_act.MIN_KERNEL_NUMEL // 8)
+    bias_act.bias_act(small, act='lrelu')
+    bias_act.bias_act(large, act='lrelu')
+    bias_act.bias_act(small, act='lrelu', impl='cuda')
+    assert calls == [large.numel(), small.numel()]
+
+
+def test_bias_act_bias_gradient_comes_from_the_grad_call_and_feeds_second_derivatives(reference_kernels):
+    # The grad Function returns (dx, db) in one kernel call; R1-style double backward must see db's
+    # cotangent too (db depends on x through act'(x + b) and on dy).
+    x, b = _fir_inputs(1, shape=(2, 3, 4, 5))[0], torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, b):
+        return bias_act.bias_act(x, b, act='tanh', clamp=0.9, impl='cuda')
+
+    def ref(x, b):
+        return bias_act.bias_act(x, b, act='tanh', clamp=0.9, impl='ref')
+    for order in (1, 2):
+        for got, want in zip(_grads(fn, [x, b], order), _grads(ref, [x, b], order)):
+            torch.testing.assert_close(got, want)
+    # Only db wanted: the second derivative w.r.t. x of a function of db alone.
+    def db_energy(fn):
+        db, = torch.autograd.grad(fn(x, b), b, torch.ones(2, 3, 4, 5, dtype=torch.float64), create_graph=True)
+        return torch.autograd.grad((db ** 2).sum(), x)[0]
+    torch.testing.assert_close(db_energy(fn), db_energy(ref))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +354,8 @@ def test_bias_act_kernel_equals_reference(gpu, act, clamp, dtype, layout):
 
 @requires_gpu
 @pytest.mark.parametrize('act', ['linear', 'lrelu', 'tanh'])  # both compile-time activations and a runtime one
-@pytest.mark.parametrize('shape', [(3, 5, 17, 40), (2, 3, 64, 80)])  # rows of 680 and 5120 elements
+# Rows of 680 and 5120 elements (16-byte packets), 289 (odd: one element per access), 4096 (two blocks per row)
+@pytest.mark.parametrize('shape', [(3, 5, 17, 40), (2, 3, 64, 80), (2, 3, 17, 17), (2, 4, 64, 64)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_bias_act_row_kernel_equals_reference(gpu, act, shape, dtype):
     # Planar feature maps (bias stride >= 256) take the row kernel: one bias value per row.
@@ -332,6 +371,24 @@ def test_bias_act_row_kernel_equals_reference(gpu, act, shape, dtype):
         (dx, db), (dx_ref, db_ref) = _grads(fn, [x, b], order), _grads(lambda x, b: fn(x, b, 'ref'), [x, b], order)
         _assert_close(dx, dx_ref, dtype)
         _assert_close(db, db_ref, dtype, scale=(x.numel() // b.numel()) ** 0.5)
+
+
+@requires_gpu
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_bias_act_row_kernel_on_storage_not_16_byte_aligned(gpu, dtype):
+    # A dense view starting one element into its storage: the packet loads must fall back to scalars.
+    shape = (2, 3, 32, 32)
+    base = torch.randn(1 + 2 * 3 * 32 * 32, device=gpu, dtype=dtype)
+    x = base[1:].view(shape).requires_grad_(True)
+    assert x.data_ptr() % 16 != 0
+    b = torch.randn(3, device=gpu, dtype=dtype, requires_grad=True)
+
+    def fn(x, b, impl='cuda'):
+        return bias_act.bias_act(x, b, act='lrelu', impl=impl)
+    _assert_close(fn(x, b), fn(x, b, 'ref'), dtype)
+    (dx, db), (dx_ref, db_ref) = _grads(fn, [x, b], 1), _grads(lambda x, b: fn(x, b, 'ref'), [x, b], 1)
+    _assert_close(dx, dx_ref, dtype)
+    _assert_close(db, db_ref, dtype, scale=(x.numel() // b.numel()) ** 0.5)
 
 
 @requires_gpu
@@ -383,7 +440,7 @@ def test_auto_on_gpu_runs_the_kernels_and_env_ref_turns_them_off(gpu, monkeypatc
     calls = []
     original = functions.bias_act_cuda
     monkeypatch.setattr(functions, 'bias_act_cuda', lambda *a: calls.append(1) or original(*a))
-    x = torch.randn(2, 3, device=gpu)
+    x = torch.randn(2, bias_act.MIN_KERNEL_NUMEL // 2, device=gpu)
     bias_act.bias_act(x, act='relu')
     assert calls == [1]
     monkeypatch.setenv(cuda_build.ENV_VAR, 'ref')

@@ -36,6 +36,13 @@ activation_funcs = {
 }
 
 
+# With impl='auto', tensors smaller than this stay on the reference ops even on the GPU: they are
+# launch-bound, and the Python around the fused kernel's autograd Functions costs more than the
+# reference's extra launches (the mapping network's [32, 512] ran at 0.7x of the reference through the
+# kernel; benchmarks/results/gpu_speed.md). impl='cuda' still forces the kernel.
+MIN_KERNEL_NUMEL = 1 << 16
+
+
 def _use_cuda(x, impl):
     """Whether to run the fused CUDA kernel: for CUDA tensors unless impl='ref' or
     STYLEGAN2_FAIR_OPS=ref, and only if the kernels build (else one warning and the reference path;
@@ -63,7 +70,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     alpha = float(spec.def_alpha if alpha is None else alpha)
     gain = float(spec.def_gain if gain is None else gain)
     clamp = float(clamp if clamp is not None else -1)
-    if _use_cuda(x, impl):
+    if (impl != 'auto' or x.numel() >= MIN_KERNEL_NUMEL) and _use_cuda(x, impl):
         from .cuda.functions import bias_act_cuda
         return bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)

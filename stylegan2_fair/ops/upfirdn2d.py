@@ -20,24 +20,30 @@ def _use_cuda(x, impl):
     return cuda_build.use_cuda_kernels(x, impl)
 
 
+def _is_int(v):
+    # `type is int` first: isinstance against the numbers ABCs costs microseconds, and these parsers run
+    # several times per layer call (the CUDA path is otherwise launch-bound on small maps).
+    return type(v) is int or isinstance(v, numbers.Integral)
+
+
 def _parse_scaling(scaling, name):
     """int or [x, y] -> (sx, sy), both positive ints."""
-    if isinstance(scaling, numbers.Integral):
+    if _is_int(scaling):
         scaling = [scaling, scaling]
     scaling = list(scaling)
-    if len(scaling) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in scaling):
+    if len(scaling) != 2 or not all(_is_int(s) and s >= 1 for s in scaling):
         raise ValueError(f"{name} must be a positive int or a pair [x, y] of positive ints, got {scaling!r}")
     return int(scaling[0]), int(scaling[1])
 
 
 def _parse_padding(padding):
     """int, [x, y] or [x0, x1, y0, y1] -> (x0, x1, y0, y1); negative values crop."""
-    if isinstance(padding, numbers.Integral):
+    if _is_int(padding):
         padding = [padding, padding]
     padding = list(padding)
     if len(padding) == 2:
         padding = [padding[0], padding[0], padding[1], padding[1]]
-    if len(padding) != 4 or not all(isinstance(p, numbers.Integral) for p in padding):
+    if len(padding) != 4 or not all(_is_int(p) for p in padding):
         raise ValueError(f"padding must be an int, [x, y] or [x0, x1, y0, y1] of ints, got {padding!r}")
     return tuple(int(p) for p in padding)
 

@@ -11,7 +11,7 @@
 namespace sg2f {
 namespace {
 
-constexpr int kBlockSize = 256;
+constexpr int kBlockSize = kBiasActBlockSize;
 
 __device__ __forceinline__ float exp_(float v) { return expf(v); }
 __device__ __forceinline__ double exp_(double v) { return exp(v); }
@@ -74,10 +74,11 @@ __device__ __forceinline__ A activation(Activation act, int order, A z, A alpha)
     }
 }
 
-// One element: z = x + bias, then what p.mode asks for. ACT >= 0 fixes the activation at compile
-// time (the ones training runs all the time), -1 reads it from p.act.
-template <int ACT, typename T, typename A>
-__device__ __forceinline__ A bias_act_element(const BiasActParams& p, A z, long long i) {
+// One element: z = x + bias, then what p.mode asks for (g: the incoming gradient of the grad modes).
+// ACT >= 0 fixes the activation at compile time (the ones training runs all the time), -1 reads it
+// from p.act.
+template <int ACT, typename A>
+__device__ __forceinline__ A bias_act_value(const BiasActParams& p, A z, A g) {
     const Activation act = ACT >= 0 ? static_cast<Activation>(ACT) : p.act;
     const A alpha = static_cast<A>(p.alpha), gain = static_cast<A>(p.gain), clamp = static_cast<A>(p.clamp);
     if (p.mode == BiasActMode::kForward) {
@@ -94,7 +95,7 @@ __device__ __forceinline__ A bias_act_element(const BiasActParams& p, A z, long 
             return A(0);
     }
     const int order = p.mode == BiasActMode::kGrad ? 1 : 2;
-    return load(static_cast<const T*>(p.grad) + i) * activation<A>(act, order, z, alpha) * gain;
+    return g * activation<A>(act, order, z, alpha) * gain;
 }
 
 // Each thread handles kUnroll elements a block-width apart per step: independent loads in flight
@@ -115,47 +116,101 @@ __global__ void __launch_bounds__(kBlockSize) bias_act_flat_kernel(BiasActParams
                 A z = load(static_cast<const T*>(p.x) + i);
                 if (p.bias != nullptr)
                     z += load(static_cast<const T*>(p.bias) + (i / stride) % static_cast<Index>(p.bias_size));
-                store(static_cast<T*>(p.y) + i, bias_act_element<ACT, T, A>(p, z, i));
+                const A g = p.mode == BiasActMode::kForward ? A(0) : A(load(static_cast<const T*>(p.grad) + i));
+                store(static_cast<T*>(p.y) + i, bias_act_value<ACT, A>(p, z, g));
             }
         }
     }
 }
 
-// Layouts whose bias dimension has stride >= kRowKernelMinStride (planar NCHW feature maps): memory
-// is rows of bias_stride elements sharing one bias value. blockIdx.y walks rows, so the bias index
-// costs one division per row instead of two per element.
-constexpr long long kRowKernelMinStride = 256;
+// VEC elements of T moved as one 16-byte access (8 halves, 4 floats, 2 doubles): a memory-bound op
+// reaches full bandwidth only with wide accesses.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Packet {
+    T v[VEC];
+};
 
-template <int ACT, typename T>
+// Sum of v over the block, valid in thread 0. Every thread of the block must call it.
+template <typename A>
+__device__ __forceinline__ A block_sum(A v) {
+    __shared__ A warp_sums[kBlockSize / 32];
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v += __shfl_down_sync(0xffffffffu, v, offset);
+    if ((threadIdx.x & 31) == 0)
+        warp_sums[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < kBlockSize / 32 ? warp_sums[threadIdx.x] : A(0);
+        for (int offset = 16; offset > 0; offset >>= 1)
+            v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    __syncthreads();  // warp_sums is reused by the caller's next row
+    return v;
+}
+
+// Layouts whose bias dimension has stride >= kBiasActRowMinStride (planar NCHW feature maps): memory
+// is rows of bias_stride elements sharing one bias value, so the bias index costs one division per
+// row instead of two per element. Block (bx, row) covers kBiasActRowChunk elements of its row.
+// With PARTIALS (the grad mode), each block also writes the sum of the gradients it wrote to
+// partials[row * gridDim.x + bx]: the bias gradient without a second pass over the tensor.
+template <int ACT, typename T, int VEC, bool PARTIALS>
 __global__ void __launch_bounds__(kBlockSize) bias_act_rows_kernel(BiasActParams p, long long num_rows) {
     using A = acc_t<T>;
+    using P = Packet<T, VEC>;
     const int row_len = static_cast<int>(p.bias_stride);
+    const int chunk_end = min(row_len, static_cast<int>(blockIdx.x + 1) * kBiasActRowChunk);
     for (long long row = blockIdx.y; row < num_rows; row += gridDim.y) {
         const A bias = p.bias != nullptr ? A(load(static_cast<const T*>(p.bias) + row % p.bias_size)) : A(0);
         const long long offset = row * row_len;
-        for (int base = blockIdx.x * kBlockSize * kUnroll + threadIdx.x; base < row_len;
-             base += gridDim.x * kBlockSize * kUnroll) {
+        A sum = A(0);
+        for (int j = static_cast<int>(blockIdx.x) * kBiasActRowChunk + threadIdx.x * VEC; j < chunk_end;
+             j += kBlockSize * VEC) {
+            // Row starts are VEC-aligned: the host picks VEC > 1 only when row_len and the pointers allow it.
+            const P xs = *reinterpret_cast<const P*>(static_cast<const T*>(p.x) + offset + j);
+            P gs;
+            if (p.mode != BiasActMode::kForward)
+                gs = *reinterpret_cast<const P*>(static_cast<const T*>(p.grad) + offset + j);
+            P ys;
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const int j = base + u * kBlockSize;
-                if (j < row_len) {
-                    const long long i = offset + j;
-                    const A z = A(load(static_cast<const T*>(p.x) + i)) + bias;
-                    store(static_cast<T*>(p.y) + i, bias_act_element<ACT, T, A>(p, z, i));
-                }
+            for (int u = 0; u < VEC; ++u) {
+                const A g = p.mode == BiasActMode::kForward ? A(0) : A(load_value(gs.v[u]));
+                ys.v[u] = to_storage<T>(bias_act_value<ACT, A>(p, A(load_value(xs.v[u])) + bias, g));
+                if (PARTIALS)
+                    sum += A(load_value(ys.v[u]));  // the stored (rounded) values, as a sum over dx would see
             }
+            *reinterpret_cast<P*>(static_cast<T*>(p.y) + offset + j) = ys;
+        }
+        if (PARTIALS) {
+            sum = block_sum(sum);
+            if (threadIdx.x == 0)
+                static_cast<A*>(p.bias_grad_partials)[row * gridDim.x + blockIdx.x] = sum;
         }
     }
 }
 
+template <int ACT, typename T, int VEC>
+void launch_rows(const BiasActParams& p, cudaStream_t stream) {
+    const long long num_rows = p.numel / p.bias_stride;
+    const dim3 blocks(static_cast<unsigned int>(bias_act_row_blocks(p.bias_stride)),
+                      static_cast<unsigned int>(num_rows < 65535 ? num_rows : 65535));
+    if (p.bias_grad_partials != nullptr)
+        bias_act_rows_kernel<ACT, T, VEC, true><<<blocks, kBlockSize, 0, stream>>>(p, num_rows);
+    else
+        bias_act_rows_kernel<ACT, T, VEC, false><<<blocks, kBlockSize, 0, stream>>>(p, num_rows);
+}
+
+bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
 template <int ACT, typename T>
 cudaError_t launch_for(const BiasActParams& p, cudaStream_t stream) {
-    if (p.bias != nullptr && p.bias_stride >= kRowKernelMinStride && p.bias_stride < (1LL << 30)) {
-        const long long num_rows = p.numel / p.bias_stride;
-        const long long per_block = kBlockSize * kUnroll;
-        const dim3 blocks(static_cast<unsigned int>((p.bias_stride + per_block - 1) / per_block),
-                          static_cast<unsigned int>(num_rows < 65535 ? num_rows : 65535));
-        bias_act_rows_kernel<ACT, T><<<blocks, kBlockSize, 0, stream>>>(p, num_rows);
+    if (bias_act_uses_rows(p)) {
+        constexpr int kVec = 16 / sizeof(T);
+        const bool wide = p.bias_stride % kVec == 0 && aligned(p.x, 16) && aligned(p.y, 16) &&
+                          (p.grad == nullptr || aligned(p.grad, 16));
+        if (wide)
+            launch_rows<ACT, T, kVec>(p, stream);
+        else
+            launch_rows<ACT, T, 1>(p, stream);
     } else if (p.numel < 0x7fffffffLL) {  // 32-bit index arithmetic is several times cheaper
         bias_act_flat_kernel<ACT, T, unsigned int><<<grid_blocks(p.numel, kBlockSize * kUnroll), kBlockSize, 0, stream>>>(p);
     } else {

@@ -124,46 +124,52 @@ class _BiasAct(torch.autograd.Function):
     def forward(ctx, x, b, args):
         ctx.save_for_backward(x, b)
         ctx.args = args
-        return _kernels().bias_act(x, b, None, _FORWARD, *args.kernel_args())
+        return _kernels().bias_act(x, b, None, _FORWARD, *args.kernel_args(), False)[0]
 
     @staticmethod
     def backward(ctx, dy):
         x, b = ctx.saved_tensors
-        dx = db = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx = _BiasActGrad.apply(dy, x, b, ctx.args)
-            if ctx.needs_input_grad[1]:
-                db = _sum_to_bias(dx, ctx.args.dim)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, None
+        dx, db = _BiasActGrad.apply(dy, x, b, ctx.args, ctx.needs_input_grad[1])
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
 
 class _BiasActGrad(torch.autograd.Function):
-    """dx = dy * act'(x + b) * gain * clamp_mask, differentiable once more (w.r.t. dy, x and b)."""
+    """dx = dy * act'(x + b) * gain * clamp_mask and, when asked, db = dx summed to the bias's shape
+    (fused: the kernel sums while it writes dx); differentiable once more w.r.t. dy, x and b."""
 
     @staticmethod
-    def forward(ctx, dy, x, b, args):
+    def forward(ctx, dy, x, b, args, want_db):
         ctx.save_for_backward(dy, x, b)
         ctx.args = args
-        return _kernels().bias_act(x, b, dy, _GRAD, *args.kernel_args())
+        ctx.set_materialize_grads(False)
+        return _kernels().bias_act(x, b, dy, _GRAD, *args.kernel_args(), bool(want_db))
 
     @staticmethod
-    def backward(ctx, ddx):
+    def backward(ctx, ddx, ddb):
         dy, x, b = ctx.saved_tensors
         args, needs = ctx.args, ctx.needs_input_grad
+        if ddb is not None:
+            # db is dx summed over the non-bias dims, so its cotangent reaches dx broadcast back.
+            ddb = ddb.reshape([-1 if i == args.dim else 1 for i in range(x.ndim)])
+            ddx = ddb.expand_as(x) if ddx is None else ddx + ddb
+        if ddx is None:
+            return None, None, None, None, None
         d_dy = d_x = d_b = None
         if needs[0]:
-            d_dy = _BiasActGrad.apply(ddx, x, b, args)  # dx is linear in dy, with this very Function
+            d_dy = _BiasActGrad.apply(ddx, x, b, args, False)[0]  # dx is linear in dy, with this very Function
         if args.piecewise_linear or not (needs[1] or needs[2]):
-            return d_dy, None, None, None
+            return d_dy, None, None, None, None
         if torch.is_grad_enabled():
             # create_graph=True: the result will be differentiated again (a third derivative), which
             # the second-derivative kernel cannot provide; autograd through the reference can.
             d_x, d_b = _second_derivative_by_reference(ddx, dy, x, b, args, needs[1], needs[2])
         else:
-            d_z = _kernels().bias_act(x, b, ddx * dy, _SECOND_GRAD, *args.kernel_args())
+            d_z = _kernels().bias_act(x, b, ddx * dy, _SECOND_GRAD, *args.kernel_args(), False)[0]
             d_x = d_z if needs[1] else None
             d_b = _sum_to_bias(d_z, args.dim) if needs[2] else None
-        return d_dy, d_x, d_b, None
+        return d_dy, d_x, d_b, None, None
 
 
 def _second_derivative_by_reference(ddx, dy, x, b, args, want_x, want_b):

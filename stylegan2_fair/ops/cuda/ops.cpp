@@ -1,11 +1,14 @@
 // Torch bindings of the upfirdn2d and bias_act kernels: argument checks, output allocation in the
 // input's memory layout, and the launch on the current stream. Autograd lives in functions.py.
 #include <optional>
+#include <tuple>
+#include <vector>
 // Only the headers this file uses: torch/extension.h parses all of ATen and the C++ frontend,
 // and would make this file take minutes to compile instead of seconds.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 #include <c10/cuda/CUDAStream.h>
@@ -110,8 +113,12 @@ at::Tensor like_layout(const at::Tensor& other, const at::Tensor& like) {
     return at::empty_like(like).copy_(t);
 }
 
-at::Tensor bias_act(const at::Tensor& x, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& grad,
-                    int64_t mode, int64_t dim, int64_t act, double alpha, double gain, double clamp) {
+// Returns (y, db): db (the sum of y over every dim but `dim`, i.e. the bias gradient when y is dx) only
+// when want_bias_grad, in grad mode with a bias. Row layouts get it from the kernel's per-block
+// partial sums (a deterministic second reduction over a small buffer), others from a sum over y.
+std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
+        const at::Tensor& x, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& grad, int64_t mode,
+        int64_t dim, int64_t act, double alpha, double gain, double clamp, bool want_bias_grad) {
     const char* op = "bias_act";
     check_cuda(x, op, "x");
     TORCH_CHECK(mode >= 0 && mode <= 2, op, ": mode must be 0 (forward), 1 (grad) or 2 (second grad)");
@@ -141,9 +148,9 @@ at::Tensor bias_act(const at::Tensor& x, const std::optional<at::Tensor>& b, con
         g = like_layout(*grad, xd);
         p.grad = g.data_ptr();
     }
+    TORCH_CHECK(!want_bias_grad || (mode == 1 && p.bias != nullptr), op,
+                ": the bias gradient comes with the grad mode (1) of a call with a bias");
     at::Tensor y = at::empty_like(xd);
-    if (y.numel() == 0)
-        return y;
     p.x = xd.data_ptr();
     p.y = y.data_ptr();
     p.numel = xd.numel();
@@ -152,8 +159,24 @@ at::Tensor bias_act(const at::Tensor& x, const std::optional<at::Tensor>& b, con
     p.alpha = static_cast<float>(alpha);
     p.gain = static_cast<float>(gain);
     p.clamp = static_cast<float>(clamp);
-    check_launch(sg2f::launch_bias_act(p, dtype, c10::cuda::getCurrentCUDAStream().stream()), op);
-    return y;
+    at::Tensor partials;
+    if (want_bias_grad && y.numel() > 0 && sg2f::bias_act_uses_rows(p)) {
+        const int64_t num_rows = p.numel / p.bias_stride;
+        partials = at::empty({num_rows / p.bias_size, p.bias_size, sg2f::bias_act_row_blocks(p.bias_stride)},
+                             x.options().dtype(dtype == sg2f::Dtype::kFloat64 ? at::kDouble : at::kFloat));
+        p.bias_grad_partials = partials.data_ptr();
+    }
+    if (y.numel() > 0)
+        check_launch(sg2f::launch_bias_act(p, dtype, c10::cuda::getCurrentCUDAStream().stream()), op);
+    if (!want_bias_grad)
+        return {y, std::nullopt};
+    if (partials.defined())
+        return {y, partials.sum(at::IntArrayRef{0, 2}).to(xd.scalar_type())};
+    std::vector<int64_t> other_dims;
+    for (int64_t d = 0; d < y.dim(); ++d)
+        if (d != dim)
+            other_dims.push_back(d);
+    return {y, other_dims.empty() ? y.clone() : y.sum(other_dims)};
 }
 
 std::vector<std::string> activation_names() {

@@ -43,6 +43,8 @@ struct BiasActParams {
     const void* bias;             // [bias_size] or nullptr
     const void* grad;             // incoming gradient for the grad modes, else nullptr
     void* y;
+    void* bias_grad_partials;     // grad mode on row layouts: [num_rows, row blocks] sums of y, in the
+                                  // accumulator type (float, double for float64); nullptr = not wanted
     int64_t numel;
     int64_t bias_stride;          // memory stride of the bias dimension of x
     int bias_size;
@@ -50,6 +52,21 @@ struct BiasActParams {
     BiasActMode mode;
     float alpha, gain, clamp;     // clamp < 0: off
 };
+
+// Layouts whose bias dimension has a stride of at least kBiasActRowMinStride (planar feature maps)
+// run as rows of bias_stride elements sharing one bias value, each row split into blocks of
+// kBiasActRowChunk elements; only these give the bias gradient's partial sums.
+constexpr int kBiasActBlockSize = 256;
+constexpr int kBiasActRowChunk = 2048;
+constexpr int64_t kBiasActRowMinStride = 256;
+
+inline bool bias_act_uses_rows(const BiasActParams& p) {
+    return p.bias != nullptr && p.bias_stride >= kBiasActRowMinStride && p.bias_stride < (int64_t(1) << 30);
+}
+
+inline int64_t bias_act_row_blocks(int64_t bias_stride) {
+    return (bias_stride + kBiasActRowChunk - 1) / kBiasActRowChunk;
+}
 
 cudaError_t launch_upfirdn2d(const Upfirdn2dParams& p, Dtype dtype, cudaStream_t stream);
 cudaError_t launch_bias_act(const BiasActParams& p, Dtype dtype, cudaStream_t stream);

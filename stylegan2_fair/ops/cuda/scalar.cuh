@@ -14,6 +14,13 @@ __device__ __forceinline__ float load(const __half* p) { return __half2float(__l
 __device__ __forceinline__ float load(const float* p) { return __ldg(p); }
 __device__ __forceinline__ double load(const double* p) { return __ldg(p); }
 
+__device__ __forceinline__ float load_value(__half v) { return __half2float(v); }
+__device__ __forceinline__ float load_value(float v) { return v; }
+__device__ __forceinline__ double load_value(double v) { return v; }
+
+template <typename T> __device__ __forceinline__ T to_storage(acc_t<T> v) { return v; }
+template <> __device__ __forceinline__ __half to_storage<__half>(float v) { return __float2half_rn(v); }
+
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(double* p, double v) { *p = v; }
