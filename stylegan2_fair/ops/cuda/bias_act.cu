@@ -130,6 +130,25 @@ struct alignas(sizeof(T) * VEC) Packet {
     T v[VEC];
 };
 
+// Stores VEC results as one 16-byte access. Through the __stwb intrinsics (inline PTX): nvcc splits a
+// plain vector store into narrow ones once loop strength reduction has lost the pointer's alignment.
+__device__ __forceinline__ void store_packet(float* dst, const float (&v)[4]) {
+    __stwb(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+}
+__device__ __forceinline__ void store_packet(double* dst, const double (&v)[2]) {
+    __stwb(reinterpret_cast<double2*>(dst), make_double2(v[0], v[1]));
+}
+__device__ __forceinline__ unsigned int pack_halves(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const unsigned int*>(&h);
+}
+__device__ __forceinline__ void store_packet(__half* dst, const float (&v)[8]) {
+    __stwb(reinterpret_cast<uint4*>(dst), make_uint4(pack_halves(v[0], v[1]), pack_halves(v[2], v[3]),
+                                                     pack_halves(v[4], v[5]), pack_halves(v[6], v[7])));
+}
+template <typename T, typename A>
+__device__ __forceinline__ void store_packet(T* dst, const A (&v)[1]) { store(dst, v[0]); }
+
 // Sum of v over the block, valid in thread 0. Every thread of the block must call it.
 template <typename A>
 __device__ __forceinline__ A block_sum(A v) {
@@ -170,15 +189,15 @@ __global__ void __launch_bounds__(kBlockSize) bias_act_rows_kernel(BiasActParams
             P gs;
             if (p.mode != BiasActMode::kForward)
                 gs = *reinterpret_cast<const P*>(static_cast<const T*>(p.grad) + offset + j);
-            P ys;
+            A ys[VEC];
 #pragma unroll
             for (int u = 0; u < VEC; ++u) {
                 const A g = p.mode == BiasActMode::kForward ? A(0) : A(load_value(gs.v[u]));
-                ys.v[u] = to_storage<T>(bias_act_value<ACT, A>(p, A(load_value(xs.v[u])) + bias, g));
+                ys[u] = bias_act_value<ACT, A>(p, A(load_value(xs.v[u])) + bias, g);
                 if (PARTIALS)
-                    sum += A(load_value(ys.v[u]));  // the stored (rounded) values, as a sum over dx would see
+                    sum += A(load_value(to_storage<T>(ys[u])));  // the stored (rounded) values, as a sum over dx sees
             }
-            *reinterpret_cast<P*>(static_cast<T*>(p.y) + offset + j) = ys;
+            store_packet(static_cast<T*>(p.y) + offset + j, ys);
         }
         if (PARTIALS) {
             sum = block_sum(sum);
