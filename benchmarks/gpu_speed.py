@@ -37,17 +37,20 @@ from training_hooks import TrainingHook  # noqa: E402
 # ----------------------------------------------------------------------------------------------
 # Op timings
 
-def median_ms(fn, iters=30, warmup=5):
+def median_ms(fn, iters=30, warmup=5, calls=10):
+    """Median over `iters` samples of the mean time per call of `calls` back-to-back calls: queued
+    calls as in training (the CPU runs ahead of the GPU), and less exposed to one call's CPU jitter."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
 
 
@@ -328,7 +331,7 @@ def write_report(path, command, op_rows, train_rows, opts, cli_rows=()):
              f'Machine: {device}, {platform.platform()}, torch {torch.__version__} '
              f'(CUDA {torch.version.cuda}), {os.cpu_count()} CPU cores', '', f'Command: `{command}`', '']
     if op_rows:
-        lines += ['## Ops (median ms per call; speed-up = reference / CUDA path as training runs it, '
+        lines += ['## Ops (median ms per call, each sample the mean of 10 back-to-back calls; speed-up = reference / CUDA path as training runs it, '
                   "impl='auto': bias_act on fewer than 65536 elements stays on the reference ops)", '',
                   '| op | dtype | fwd ref | fwd cuda | fwd speed-up | fwd+bwd ref | fwd+bwd cuda | fwd+bwd speed-up |',
                   '|---|---|---|---|---|---|---|---|'] + [format_op_row(r) for r in op_rows] + ['']
