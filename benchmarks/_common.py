@@ -11,13 +11,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @torch.no_grad()
 def generate(G, n, seed, batch=256):
-    """n images of G at psi 1 with constant noise, clipped to [-1, 1] as saved images would be; the
-    latents come from `seed` alone, so two models given the same seed see the same z."""
+    """n images of G at psi 1 with constant noise, clipped to [-1, 1] as saved images would be, on the
+    CPU; the latents come from `seed` alone (drawn on the CPU), so two models given the same seed see
+    the same z on any device."""
     gen = torch.Generator().manual_seed(seed)
+    device = next(G.parameters()).device
     out = []
     for start in range(0, n, batch):
-        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen)
-        out.append(G(z, torch.zeros([len(z), G.c_dim]), noise_mode='const').clamp(-1, 1))
+        z = torch.randn([min(batch, n - start), G.z_dim], generator=gen).to(device)
+        out.append(G(z, torch.zeros([len(z), G.c_dim], device=device), noise_mode='const').clamp(-1, 1).cpu())
     return torch.cat(out)
 
 

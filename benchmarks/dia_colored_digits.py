@@ -41,19 +41,19 @@ sys.path.insert(0, REPO)
 from _common import generate  # noqa: E402
 
 
-def make_loop(data, run_dir, kimg, seed, batch, channels, method, hook_kwargs):
+def make_loop(data, run_dir, kimg, seed, batch, channels, method, hook_kwargs, device='cpu'):
     """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, with smaller networks."""
     import training_hooks
     from stylegan2_fair.cli.train import setup_training_options
     from stylegan2_fair.training_loop import TrainingLoop
     cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
     _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, batch=batch, aug='noaug', workers=0,
-                                     seed=seed, device='cpu', fair_method=method, snap=10 ** 6, hook_kwargs=cli)
+                                     seed=seed, device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli)
     args['G_kwargs']['synthesis_kwargs'].update(channel_base=8 * channels, channel_max=channels)
     args['D_kwargs'].update(channel_base=8 * channels, channel_max=channels)
     hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
     kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
-    return TrainingLoop(run_dir=run_dir, hooks=hooks, device='cpu', progress=False, **kwargs)
+    return TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, progress=False, **kwargs)
 
 
 class RngSlot:
@@ -63,12 +63,15 @@ class RngSlot:
         self.save()
 
     def save(self):
-        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
 
     def load(self):
         random.setstate(self.state[0])
         np.random.set_state(self.state[1])
         torch.set_rng_state(self.state[2])
+        if self.state[3] is not None:
+            torch.cuda.set_rng_state_all(self.state[3])
 
 
 def timed(obj, name, bucket):
@@ -144,9 +147,10 @@ class ConvAutoEncoder(torch.nn.Module):
         return self.decode(self.encode(x))
 
 
-def train_cae(images01, seed, epochs, batch=128):
+def train_cae(images01, seed, epochs, batch=128, device='cpu'):
     torch.manual_seed(seed)
-    cae = ConvAutoEncoder()
+    images01 = images01.to(device)
+    cae = ConvAutoEncoder().to(device)
     opt = torch.optim.Adam(cae.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -161,7 +165,8 @@ def train_cae(images01, seed, epochs, batch=128):
 @torch.no_grad()
 def reconstruction_error(cae, images01):
     """RE(x) = ||CAE(x) - x||_2 / 32 per image (the paper's normalisation)."""
-    return ((cae(images01) - images01).flatten(1).norm(dim=1) / 32).numpy()
+    images01 = images01.to(next(cae.parameters()).device)
+    return ((cae(images01) - images01).flatten(1).norm(dim=1) / 32).cpu().numpy()
 
 
 def to01(images):
@@ -184,9 +189,10 @@ def to01(images):
 @click.option('--cae-seeds', type=int, default=2, show_default=True)
 @click.option('--threads', type=int, default=1, show_default=True,
               help='torch threads (1 on a shared 2-core machine: 2 threads oversubscribe it badly)')
+@click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
 def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k, dia_phase2_kimg, samples, fresh,
-         cae_epochs, cae_seeds, threads, seed):
+         cae_epochs, cae_seeds, threads, device, seed):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     from stylegan2_fair.drs import drs_sample
     from stylegan2_fair.toy_data import make_toy
@@ -207,16 +213,16 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     results = dict(kimg=kimg, num_images=num_images, minority_images=int(is_green.sum()), majority=majority,
                    resolution=resolution, batch=batch, channels=channels, dia_k=dia_k,
                    dia_phase2_kimg=dia_phase2_kimg, samples=samples,
-                   seed=seed, threads=threads, machine=f'{platform.machine()}, {os.cpu_count()} cores',
+                   seed=seed, threads=threads, device=device, machine=f'{platform.machine()}, {os.cpu_count()} cores',
                    torch=torch.__version__)
     # The colour rule on real images (ground truth known).
     predicted = torch.tensor([green_share(img[None]) > 0.5 for img in torch.cat([reals, held_imgs])])
     results['classifier_acc'] = float((predicted == torch.cat([is_green, held_green])).float().mean())
     results['data_green_share'] = float(is_green.float().mean())
 
-    vanilla = make_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, batch, channels, 'none', {})
+    vanilla = make_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, batch, channels, 'none', {}, device)
     dia_options = dict(k=dia_k) if dia_phase2_kimg is None else dict(k=dia_k, phase2_kimg=dia_phase2_kimg)
-    dia = make_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, batch, channels, 'dia', dia_options)
+    dia = make_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, batch, channels, 'dia', dia_options, device)
     step_sec, hook_sec, steps = train_interleaved(vanilla, dia)
     hook = dia.hooks[0]
     plain1 = step_sec['dia_phase1'] - hook_sec['record_ldr_phase1'] - hook_sec['start_phase2']
@@ -231,12 +237,13 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
         aux_overhead=hook_sec['train_aux_phase2'] / plain2,
         dia_vs_vanilla_phase1=(step_sec['dia_phase1'] - hook_sec['start_phase2']) / step_sec['vanilla_phase1'] - 1,
         dia_vs_vanilla_phase2=step_sec['dia_phase2'] / step_sec['vanilla_phase2'] - 1)
-    greens_in_top = torch.argsort(hook.raw_scores, descending=True)[:int(is_green.sum())]
+    raw_scores, scores, ldrv = (torch.as_tensor(t).cpu() for t in (hook.raw_scores, hook.scores, hook.ldrv))
+    greens_in_top = torch.argsort(raw_scores, descending=True)[:int(is_green.sum())]
     results['scores'] = dict(
-        green_mean_score=float(hook.scores[is_green].mean()), red_mean_score=float(hook.scores[~is_green].mean()),
-        green_mean_ldrv=float(hook.ldrv[is_green].mean()), red_mean_ldrv=float(hook.ldrv[~is_green].mean()),
+        green_mean_score=float(scores[is_green].mean()), red_mean_score=float(scores[~is_green].mean()),
+        green_mean_ldrv=float(ldrv[is_green].mean()), red_mean_ldrv=float(ldrv[~is_green].mean()),
         greens_among_top_scores=int(is_green[greens_in_top].sum()),
-        green_sampling_share=float(hook.scores[is_green].sum() / hook.scores.sum()))
+        green_sampling_share=float(scores[is_green].sum() / scores.sum()))
     print(json.dumps(results['timing'], indent=1), flush=True)
     print(json.dumps(results['scores'], indent=1), flush=True)
 
@@ -247,14 +254,14 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     for name, (G, D) in drs_runs.items():
         start = time.time()
         res = drs_sample(G, D, samples, batch=64, generator=torch.Generator().manual_seed(seed + 3))
-        sets[name] = res.images
+        sets[name] = res.images.cpu()
         results['drs'][name] = dict(acceptance_rate=res.acceptance_rate, sec=time.time() - start)
     results['models'] = {}
     for name, images in sets.items():
         res = {'green_share': green_share(images)}
         cae_re = {'train_green': [], 'fresh_green': [], 'fresh_red': []}
         for s in range(cae_seeds):
-            cae = train_cae(to01(images), seed=seed + 10 + s, epochs=cae_epochs)
+            cae = train_cae(to01(images), seed=seed + 10 + s, epochs=cae_epochs, device=device)
             cae_re['train_green'].append(float(reconstruction_error(cae, to01(reals[is_green])).mean()))
             cae_re['fresh_green'].append(float(reconstruction_error(cae, to01(held_imgs[held_green])).mean()))
             cae_re['fresh_red'].append(float(reconstruction_error(cae, to01(held_imgs[~held_green])).mean()))

@@ -11,6 +11,9 @@
 #   official     our train.py against the official one, same command line (~8 min for 8 kimg each);
 #                needs OFFICIAL=/path/to/stylegan2-ada-pytorch
 #   rebalance    latent-search throughput, batched vs one candidate per call, paper256-sized G (~1.5 min)
+#   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, DIA_KIMG (default 120)
+#                kimg per model (not yet timed on a GPU: size it to the slot with DIA_KIMG)
+#   imle         imle_stacked_digits.py coverage + minority parts at 16x16, IMLE_KIMG (default 30) kimg per run
 set -u
 out=${1:?usage: gpu_checks.sh OUTDIR STEP... [-- gpu_speed args]}
 shift
@@ -48,6 +51,15 @@ for step in "${steps[@]}"; do
     rebalance)
       $python benchmarks/rebalance_throughput.py --device=cuda --out="$out/rebalance_throughput.md" \
         2>&1 | tee "$out/rebalance_throughput.log" | tail -12 ;;
-    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance)" >&2; exit 2 ;;
+    dia)
+      $python benchmarks/dia_colored_digits.py --device=cuda --threads=8 --workdir="$work/dia" \
+        --num-images=10000 --resolution=16 --channels=128 --batch=32 --kimg="${DIA_KIMG:-120}" --dia-k=1 \
+        2>&1 | tee "$out/dia.log" | tail -20
+      cp "$work/dia/results.json" "$out/dia_results.json" 2>/dev/null ;;
+    imle)
+      $python benchmarks/imle_stacked_digits.py --device=cuda --threads=8 --workdir="$work/imle" \
+        --out="$out/imle.md" --parts=coverage,minority --resolution=16 --kimg="${IMLE_KIMG:-30}" \
+        --lpips-backbone=random 2>&1 | tee "$out/imle.log" | tail -20 ;;
+    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance, dia, imle)" >&2; exit 2 ;;
   esac
 done

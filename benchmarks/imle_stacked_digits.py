@@ -47,17 +47,17 @@ def make_dataset(workdir, kind, num_images, resolution, seed, **options):
     return path
 
 
-def make_loop(data, run_dir, kimg, seed, method, hook_kwargs):
+def make_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu'):
     """A TrainingLoop configured exactly as `train.py --cfg=tiny --aug=noaug --workers=0` would."""
     import training_hooks
     from stylegan2_fair.cli.train import setup_training_options
     from stylegan2_fair.training_loop import TrainingLoop
     cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
     _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, aug='noaug', workers=0, seed=seed,
-                                     device='cpu', fair_method=method, snap=10 ** 6, hook_kwargs=cli)
+                                     device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli)
     hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
     kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
-    return TrainingLoop(run_dir=run_dir, hooks=hooks, device='cpu', progress=False, **kwargs)
+    return TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, progress=False, **kwargs)
 
 
 def train(loop):
@@ -104,9 +104,9 @@ def mode_stats(modes):
 # Minority reconstruction distance --------------------------------------------------------------
 
 @torch.no_grad()
-def nearest_lpips(lpips, reals, fakes, batch=128):
+def nearest_lpips(lpips, reals, fakes, batch=128, device='cpu'):
     from stylegan2_fair.nn_search import nearest_neighbors
-    embed = lambda x: torch.cat([lpips.embed(b) for b in x.split(batch)])
+    embed = lambda x: torch.cat([lpips.embed(b.to(device)).cpu() for b in x.split(batch)])
     _, dist = nearest_neighbors(embed(reals), embed(fakes))
     return dist
 
@@ -137,10 +137,13 @@ def alternate_steps(loops, steps, warmup=2):
         loop.setup()
         loop.ada_signs = np.zeros(2)
     times = {name: [] for name in loops}
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     for i in range(warmup + steps):
         for name, loop in loops.items():
+            sync()
             start = time.time()
             loop._step()
+            sync()
             if i >= warmup:
                 times[name].append(time.time() - start)
     return {name: float(np.mean(t)) for name, t in times.items()}
@@ -164,9 +167,10 @@ def alternate_steps(loops, steps, warmup=2):
 @click.option('--lpips-backbone', default=None, help='VGG16 weights file; default: torchvision cache, else random')
 @click.option('--threads', type=int, default=1, show_default=True,
               help='torch threads (1 is fastest on a shared 2-core machine)')
+@click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
 def main(workdir, out, parts, kimg, num_images, minority_images, resolution, samples, eval_pool, pool_factor, pairs,
-         interval, cost_steps, lpips_backbone, threads, seed):
+         interval, cost_steps, lpips_backbone, threads, device, seed):
     from stylegan2_fair.lpips_features import LPIPSBackboneMissing, LPIPSFeatures, load_lpips
     from stylegan2_fair.toy_data import make_toy
     torch.set_num_threads(threads)
@@ -184,7 +188,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
             lpips_backbone = 'random'
     imle_kwargs = dict(pool_factor=pool_factor, pairs=pairs, interval=interval, lpips_backbone=lpips_backbone)
     setup = dict(kimg=kimg, num_images=num_images, minority_images=minority_images, resolution=resolution,
-                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs)
+                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device)
     stacked = make_dataset(workdir, 'stacked-digits', num_images, resolution, seed)
     colored = make_dataset(workdir, 'colored-digits', minority_images, resolution, seed, majority=0.95)
     minority = dict(imle_kwargs, subgroup='Green')
@@ -199,7 +203,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         rematch_sec = []
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
             loop = make_loop(stacked, os.path.join(workdir, f'stacked-{method}'), kimg, seed,
-                             'imle' if method == 'imle' else 'none', kwargs)
+                             'imle' if method == 'imle' else 'none', kwargs, device)
             if method == 'imle':
                 time_calls(loop.hooks[0], 'rematch', rematch_sec)
             seconds = train(loop)
@@ -213,13 +217,13 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         # Per-step cost does not depend on the data set size: these loops use the small colored-digits
         # minority, whose re-match at step 0 (in the untimed warm-up) is cheap.
         start = time.time()
-        loops = {'vanilla': make_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}),
+        loops = {'vanilla': make_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}, device),
                  'imle, paper composition (pairs=batch_gpu, interval=1)': make_loop(
                      colored, os.path.join(workdir, 'cost-paper'), kimg, seed, 'imle',
-                     dict(minority, pairs=None, interval=1))}
+                     dict(minority, pairs=None, interval=1), device)}
         for p_, i_ in sorted({(pairs, interval), (4, 1), (4, 4)}):
             loops[f'imle, pairs={p_}, interval={i_}'] = make_loop(
-                colored, os.path.join(workdir, f'cost-{p_}-{i_}'), kimg, seed, 'imle', dict(minority, pairs=p_, interval=i_))
+                colored, os.path.join(workdir, f'cost-{p_}-{i_}'), kimg, seed, 'imle', dict(minority, pairs=p_, interval=i_), device)
         step_sec = alternate_steps(loops, cost_steps)
         results['cost'] = dict(step_sec=step_sec, batch=loops['vanilla'].batch_size, steps=cost_steps,
                                minutes=(time.time() - start) / 60)
@@ -230,14 +234,14 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         cdata = make_toy('colored-digits', minority_images, resolution=resolution, seed=seed, majority=0.95)
         creals = torch.from_numpy(cdata.images).permute(0, 3, 1, 2).float() / 127.5 - 1
         green = torch.from_numpy(cdata.extras['color'] == 1)
-        lpips = LPIPSFeatures(lpips_backbone)
+        lpips = LPIPSFeatures(lpips_backbone).to(device)
         part = dict(setup, data_green_share=float(green.float().mean()))
         for method, kwargs in (('vanilla', {}), ('imle', minority)):
             loop = make_loop(colored, os.path.join(workdir, f'colored-{method}'), kimg, seed,
-                             'imle' if method == 'imle' else 'none', kwargs)
+                             'imle' if method == 'imle' else 'none', kwargs, device)
             seconds = train(loop)
             fakes = generate(loop.G_ema, eval_pool, seed + 3)
-            dist = nearest_lpips(lpips, creals, fakes)
+            dist = nearest_lpips(lpips, creals, fakes, device=device)
             part[method] = dict(green_dist=float(dist[green].mean()), red_dist=float(dist[~green].mean()),
                                 green_share=green_share(fakes), train_sec=seconds)
             print(method, part[method], flush=True)

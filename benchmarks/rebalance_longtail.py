@@ -71,6 +71,8 @@ def short(path):
 @click.option('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'rebalance.md'), show_default=True)
 @click.option('--kimg', type=int, default=12, show_default=True, help='Length of the runs trained from scratch')
 @click.option('--ft-kimg', type=int, default=10, show_default=True, help='Length of the finetunes')
+@click.option('--ft-fair-weight', type=float, default=1.0, show_default=True,
+              help='--fair-weight of the finetunes (the bias loss while retrofitting on the synthetic data)')
 @click.option('--per-class', type=int, default=300, show_default=True, help='Synthetic images per class')
 @click.option('--batch', type=int, default=64, show_default=True, help='Batch of the batched search')
 @click.option('--single-seconds', type=float, default=20, show_default=True,
@@ -80,7 +82,7 @@ def short(path):
 @click.option('--classifier-epochs', type=int, default=4, show_default=True)
 @longtail_options
 @click.option('--reuse', is_flag=True, help='Reuse the outputs of steps already in --workdir')
-def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, num_images, imbalance, num_sets,
+def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_seconds, trunc, num_images, imbalance, num_sets,
          set_size, classifier_epochs, threads, seed, reuse):
     from stylegan2_fair.classifiers import create_classifier
     from stylegan2_fair.metrics.fairness import plot_class_distribution
@@ -116,6 +118,7 @@ def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, n
 
     common = ['--cfg=tiny', '--aug=noaug', '--workers=0', f'--seed={seed}', '--device=cpu']
     bias = ['--fair-method=fairness', f'--classifier={clf_spec}']
+    ft_bias = bias + ([f'--fair-weight={ft_fair_weight:g}'] if ft_fair_weight != 1 else [])
     balanced = os.path.join(workdir, 'balanced.zip')
     runs = {}   # name -> (outdir, cmd)
 
@@ -179,10 +182,10 @@ def main(workdir, out, kimg, ft_kimg, per_class, batch, single_seconds, trunc, n
     same = all(np.array_equal(s.kept[:], batched_by_class[s.index][:s.num_kept]) for s in single.searches)
 
     # Retrofit rows.
-    train('syn-finetune', [f'--data={balanced}', f'--resume={biased_pkl}', '--resume-arch=1', '--lr-scale=0.1'] + bias,
+    train('syn-finetune', [f'--data={balanced}', f'--resume={biased_pkl}', '--resume-arch=1', '--lr-scale=0.1'] + ft_bias,
           ft_kimg)
     train('syn-finetune-freezed5', [f'--data={balanced}', f'--resume={biased_pkl}', '--resume-arch=1',
-                                    '--lr-scale=0.1', '--freezed=5'] + bias, ft_kimg)
+                                    '--lr-scale=0.1', '--freezed=5'] + ft_bias, ft_kimg)
     train('syn-only', [f'--data={balanced}'], kimg)
     train('syn-only-bias-loss', [f'--data={balanced}'] + bias, kimg)
 
@@ -247,7 +250,7 @@ def write_report(path, rows, report, single, same, ctx):
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), '
         f'torch {torch.__version__}, {ctx["threads"]} thread(s) per process, no GPU.',
         f'Command: `python benchmarks/rebalance_longtail.py --kimg={ctx["kimg"]} --ft-kimg={ctx["ft_kimg"]} '
-        f'--per-class={ctx["per_class"]} --batch={ctx["batch"]} --num-sets={ctx["num_sets"]} '
+        f'--ft-fair-weight={ctx["ft_fair_weight"]:g} --per-class={ctx["per_class"]} --batch={ctx["batch"]} --num-sets={ctx["num_sets"]} '
         f'--set-size={ctx["set_size"]} --threads={ctx["threads"]}`',
         f'Budget: {cpu / 60:.1f} min of CPU time ({wall / 60:.1f} min wall clock on the shared machine); per step, '
         f'CPU s: ' + ', '.join(f'{k} {v["cpu"]:.0f}' for k, v in steps.items()) + '. ' +
