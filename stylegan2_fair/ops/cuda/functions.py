@@ -66,7 +66,11 @@ class _Upfirdn2d(torch.autograd.Function):
         f, = ctx.saved_tensors
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _Upfirdn2d.apply(dy, f, _adjoint_args(ctx.args, tuple(f.shape), ctx.in_hw, tuple(dy.shape[2:])))
+            args = _adjoint_args(ctx.args, tuple(f.shape), ctx.in_hw, tuple(dy.shape[2:]))
+            if torch.is_grad_enabled():  # create_graph=True: dx must be differentiable again
+                dx = _Upfirdn2d.apply(dy, f, args)
+            else:  # a plain backward: the kernel alone, without another Function's Python overhead
+                dx = _kernels().upfirdn2d(dy, f, *args)
         return dx, None, None
 
 
