@@ -147,7 +147,10 @@ def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_s
     G = load_generator(biased_pkl)
     search_kwargs = dict(truncation_psi=trunc, seed=seed)
     report_file = os.path.join(workdir, 'balanced-report.json')
-    if not (reuse and os.path.exists(balanced) and os.path.exists(report_file)):
+    def same_search(path):  # a balanced.zip is reused only if the search that wrote it had these options
+        options = json.load(open(path)).get('options', {})
+        return (options.get('per_class'), options.get('truncation_psi'), options.get('seed')) == (per_class, trunc, seed)
+    if not (reuse and os.path.exists(balanced) and os.path.exists(report_file) and same_search(report_file)):
         report = timings.measure('search', lambda: rebalance(
             biased_pkl, clf_spec, balanced, per_class, device='cpu', overwrite=True, allow_missing=True,
             progress=False, batch=batch, **search_kwargs))
