@@ -127,7 +127,10 @@ def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_s
         cmd = [py, 'train.py', f'--outdir={outdir}', f'--kimg={length}', f'--snap={10 * length}'] + common + flags
         runs[name] = (outdir, cmd)
         stamp = outdir + '.cmd'  # the command that made outdir: a run is reused only for the same one
-        if reuse and os.path.isdir(outdir) and os.path.exists(stamp) and open(stamp).read() == ' '.join(cmd):
+        # ... on the same data: a rerun search rewrites balanced.zip under the same name.
+        data_arg = next(a[len('--data='):] for a in cmd if a.startswith('--data='))
+        signature = ' '.join(cmd) + f'\n# data mtime {os.path.getmtime(data_arg):.0f}'
+        if reuse and os.path.isdir(outdir) and os.path.exists(stamp) and open(stamp).read() == signature:
             print(f'reusing {name}', flush=True)
             reused.append(name)
             return
@@ -136,7 +139,7 @@ def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_s
             shutil.rmtree(outdir)
         timings.measure(name, lambda: run(cmd, env, os.path.join(workdir, f'train-{name}.log')))
         with open(stamp, 'w') as f:
-            f.write(' '.join(cmd))
+            f.write(signature)
 
     # Table 4 rows on the imbalanced data.
     train('baseline', [f'--data={data}'], kimg)
