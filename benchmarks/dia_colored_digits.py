@@ -182,6 +182,8 @@ def to01(images):
 @click.option('--batch', type=int, default=16, show_default=True)
 @click.option('--channels', type=int, default=32, show_default=True, help='channel_max of G and D (base = 8x)')
 @click.option('--dia-k', type=float, default=1.0, show_default=True, help='k of Eq. 7 (paper, Colored-MNIST: 1)')
+@click.option('--dia-clip-min', type=float, default=0.01, show_default=True,
+              help='Lower clip of the scores (the upper one is 50x it): the paper 0.01')
 @click.option('--dia-phase2-kimg', type=float, help='Start of Dia phase 2 [default: 80% of --kimg, as the paper]')
 @click.option('--samples', type=int, default=5000, show_default=True, help='G_ema samples per model')
 @click.option('--fresh', type=int, default=1000, show_default=True, help='Unseen real images per colour for RE')
@@ -191,7 +193,7 @@ def to01(images):
               help='torch threads (1 on a shared 2-core machine: 2 threads oversubscribe it badly)')
 @click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
-def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k, dia_phase2_kimg, samples, fresh,
+def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k, dia_clip_min, dia_phase2_kimg, samples, fresh,
          cae_epochs, cae_seeds, threads, device, seed):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     from stylegan2_fair.drs import drs_sample
@@ -211,7 +213,7 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     held_imgs = torch.from_numpy(held.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     held_green = torch.from_numpy(held.extras['color'] == 1)
     results = dict(kimg=kimg, num_images=num_images, minority_images=int(is_green.sum()), majority=majority,
-                   resolution=resolution, batch=batch, channels=channels, dia_k=dia_k,
+                   resolution=resolution, batch=batch, channels=channels, dia_k=dia_k, dia_clip_min=dia_clip_min,
                    dia_phase2_kimg=dia_phase2_kimg, samples=samples,
                    seed=seed, threads=threads, device=device, machine=f'{platform.machine()}, {os.cpu_count()} cores',
                    torch=torch.__version__)
@@ -221,7 +223,9 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     results['data_green_share'] = float(is_green.float().mean())
 
     vanilla = make_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, batch, channels, 'none', {}, device)
-    dia_options = dict(k=dia_k) if dia_phase2_kimg is None else dict(k=dia_k, phase2_kimg=dia_phase2_kimg)
+    dia_options = dict(k=dia_k, clip_min=dia_clip_min)
+    if dia_phase2_kimg is not None:
+        dia_options['phase2_kimg'] = dia_phase2_kimg
     dia = make_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, batch, channels, 'dia', dia_options, device)
     step_sec, hook_sec, steps = train_interleaved(vanilla, dia)
     hook = dia.hooks[0]
