@@ -13,7 +13,8 @@ import torch
 from stylegan2_fair import checkpoint, distributed
 from stylegan2_fair.dataset import ImageFolderDataset
 from stylegan2_fair.samplers import InfiniteSampler, WeightedInfiniteSampler
-from training_hooks.dia import LdrHistory, SelfDiagnosingHook, clip_scores, discrepancy_scores
+from training_hooks.dia import (LdrHistory, SelfDiagnosingHook, capped_fraction, clip_scores, discrepancy_scores,
+                                flat_scores_warning)
 
 # scipy, the training loop and the dataset tool are imported where used: the two-process test
 # spawns workers that import this module, and they need none of them.
@@ -126,6 +127,25 @@ def test_scores_are_clipped_to_the_minimum_and_the_max_over_min_ratio():
     assert float(clipped[3]) == pytest.approx(0.2)   # values inside the bounds are kept
     _, _, raw, score = discrepancy_scores(torch.tensor([[1.0, 2.0, 500.0], [1.0, 2.0, 500.0]]), clip_ratio=50)
     assert float(score.max()) == pytest.approx(50 * 1.0) and float(raw.max()) == 500
+
+
+def test_a_warning_names_the_fix_when_the_clip_flattens_the_scores():
+    # Late in training (benchmarks/results/dia.md, run E): most reals get logits near 0, a few are
+    # <= clip_min, so the cap 50 x 0.01 = 0.5 sits below most scores and the weights are nearly flat,
+    # however well the raw scores single out the minority.
+    gen = torch.Generator().manual_seed(0)
+    majority = 0.3 + 0.5 * torch.rand(990, generator=gen, dtype=torch.float64)
+    raw = torch.cat([torch.tensor([-0.2, 0.0, 0.005], dtype=torch.float64), majority,
+                     torch.full([7], 4.0, dtype=torch.float64)])
+    flat = clip_scores(raw, clip_min=0.01, clip_ratio=50)
+    assert capped_fraction(flat) > 0.5
+    message = flat_scores_warning(flat, 0.01, 50)
+    assert message is not None and '--dia-clip-min' in message and '0.1' in message
+    # With the floor raised 10x the cap is 5: the minority (raw 4) stands out again, no warning.
+    lifted = clip_scores(raw, clip_min=0.1, clip_ratio=50)
+    assert capped_fraction(lifted) < 0.01 and flat_scores_warning(lifted, 0.1, 50) is None
+    assert float(lifted[-7:].mean() / lifted[3:-7].mean()) > 5
+    assert capped_fraction(torch.ones(5)) == 1.0
 
 
 def test_ring_buffer_keeps_the_last_window_records_oldest_first():

@@ -65,6 +65,24 @@ def clip_scores(scores, clip_min=0.01, clip_ratio=50.0):
     return scores.clamp(max=clip_ratio * float(scores.min()))
 
 
+def capped_fraction(scores):
+    """Share of the images whose clipped score sits at the cap (clip_ratio x the minimum)."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    return float((scores >= scores.max() * (1 - 1e-9)).double().mean()) if scores.max() > scores.min() else 1.0
+
+
+def flat_scores_warning(scores, clip_min, clip_ratio, limit=0.5):
+    """A message when most images share the capped score: then the weighted sampler is nearly uniform.
+    Happens once G fits the majority well: D's logit on many reals falls below clip_min, the minimum
+    becomes clip_min, and the cap clip_ratio x clip_min lies below the typical score."""
+    share = capped_fraction(scores)
+    if share <= limit:
+        return None
+    return (f'Dia: {share:.0%} of the training images share the capped score {float(scores.max()):.3g} '
+            f'(--dia-clip-ratio={clip_ratio:g} x the minimum {float(scores.min()):.3g}), so phase-2 sampling is '
+            f'nearly uniform; raise --dia-clip-min (e.g. to {10 * clip_min:g}) to lift the cap')
+
+
 class LdrHistory:
     """Ring buffer of the last `window` LDR records of every training image: float32 [window, N]."""
 
@@ -277,6 +295,9 @@ class SelfDiagnosingHook(TrainingHook):
             raise RuntimeError('Dia: some discrepancy scores are not finite because D gave NaN/inf logits; the run '
                                'has diverged: resume from an earlier snapshot (lower --gamma or the learning rate)')
         self.scores_kimg = run.cur_nimg / 1000
+        warning = flat_scores_warning(self.scores, self.clip_min, self.clip_ratio)
+        if warning is not None:
+            self._log(warning)
         if run.rank == 0 and run.run_dir is not None:
             self.write_reports(run)
 
@@ -386,6 +407,7 @@ class SelfDiagnosingHook(TrainingHook):
         run.report('Dia/ldrm', self.ldrm)
         run.report('Dia/ldrv', self.ldrv)
         run.report('Dia/score_max_over_min', float(self.scores.max() / self.scores.min()))
+        run.report('Dia/score_capped_fraction', capped_fraction(self.scores))
 
     def on_train_end(self, run):
         if not self.phase2:
