@@ -247,11 +247,15 @@ def benchmark_training(opts):
     import training_hooks
     classifier = make_classifier(opts.data, os.path.join(opts.workdir, 'untrained-classifier.pt'))
     methods = training_hooks.list_hooks() if opts.methods == 'all' else training_hooks.parse_methods(opts.methods)
-    configs = ([] if opts.skip_ref_training else [('none', 'ref')]) + [('none', 'cuda')] + \
-        [(m, 'cuda') for m in methods if m != 'none']
+    configs = ([] if opts.skip_ref_training else [('none', 'ref', {})]) + [('none', 'cuda', {})] + \
+        [(m, 'cuda', {}) for m in methods if m != 'none']
+    if 'imle' in methods:  # the cheaper composition measured on CPU (results/imle.md): terms every 4th step
+        configs.append(('imle', 'cuda', dict(imle_pairs=4, imle_interval=4)))
     rows = []
-    for method, ops in configs:
-        row = run_training(opts, method, ops, hook_options_for(method, classifier, opts))
+    for method, ops, extra in configs:
+        row = run_training(opts, method, ops, dict(hook_options_for(method, classifier, opts), **extra))
+        if extra:
+            row['variant'] = ', '.join(f'{k.split("_", 1)[1]} {v}' for k, v in extra.items())
         rows.append(row)
         print(format_train_row(row, plain_cuda_row(rows)), flush=True)
     return rows
@@ -260,7 +264,7 @@ def benchmark_training(opts):
 def format_train_row(row, plain):
     """One table row; `plain` is plain StyleGAN2 with the CUDA ops, the yardstick of the ratio column."""
     label = 'StyleGAN2' if row['method'] == 'none' else row['method']
-    label += f" ({'reference ops' if row['ops'] == 'ref' else 'CUDA ops'})"
+    label += f" ({'reference ops' if row['ops'] == 'ref' else 'CUDA ops'}{', ' + row['variant'] if 'variant' in row else ''})"
     if 'error' in row:
         return f"| {label} | failed: {row['error']} | | |"
     ratio = f"{row['sec_per_kimg'] / plain['sec_per_kimg']:.2f}" if plain and 'sec_per_kimg' in plain else ''
