@@ -50,3 +50,27 @@ def run(cmd, env, log):
     if out.returncode != 0:
         raise SystemExit(f'command failed (log: {log}):\n{out.stderr[-3000:]}')
     return time.time() - start, out.stdout
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def timed_search(G, classifier, options, seconds, device='cpu', log=None):
+    """A fresh latent search (stylegan2_fair.rebalance) run for at most `seconds`, or until done; returns
+    the RebalanceSearch, whose report() gives its throughput. Throughput comparisons start each search
+    this way, from the same state."""
+    from stylegan2_fair.rebalance import RebalanceSearch
+    search = RebalanceSearch(G, classifier, options, device=device, log=log or (lambda *a: None))
+    deadline = time.time() + seconds
+    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+
+    def stop_when_due(_):
+        sync()  # count the GPU's work in the window it was queued in
+        if time.time() > deadline:
+            raise _TimeUp
+    try:
+        search.run(progress=False, on_batch=stop_when_due)
+    except _TimeUp:
+        pass
+    return search

@@ -29,7 +29,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import longtail_options, run  # noqa: E402
+from _common import longtail_options, run, timed_search  # noqa: E402
 
 
 def cpu_seconds():
@@ -86,7 +86,7 @@ def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_s
          set_size, classifier_epochs, threads, seed, reuse):
     from stylegan2_fair.classifiers import create_classifier
     from stylegan2_fair.metrics.fairness import plot_class_distribution
-    from stylegan2_fair.rebalance import RebalanceSearch, SearchOptions, load_generator, rebalance
+    from stylegan2_fair.rebalance import SearchOptions, load_generator, rebalance
 
     os.makedirs(workdir, exist_ok=True)
     torch.set_num_threads(threads)
@@ -162,22 +162,9 @@ def main(workdir, out, kimg, ft_kimg, ft_fair_weight, per_class, batch, single_s
         report = json.load(open(report_file))
     # Throughput, like for like: a fresh batched search and a one-candidate-per-call search, each for
     # --single-seconds from the same start on the same G.
-    class TimeUp(Exception):
-        pass
-
     def race(batch_size):
-        search = RebalanceSearch(G, classifier, SearchOptions(per_class=per_class, batch=batch_size, **search_kwargs),
-                                 log=print)
-        deadline = time.time() + single_seconds
-
-        def stop_when_due(_):
-            if time.time() > deadline:
-                raise TimeUp
-        try:
-            search.run(progress=False, on_batch=stop_when_due)
-        except TimeUp:
-            pass
-        return search
+        return timed_search(G, classifier, SearchOptions(per_class=per_class, batch=batch_size, **search_kwargs),
+                            single_seconds, log=print)
     single, fresh = timings.measure('throughput comparison', lambda: (race(1), race(batch)))
     single_report, fresh_report = single.report(), fresh.report()
     # The search is deterministic: the slow run kept the same latents as the full one, as far as it got.

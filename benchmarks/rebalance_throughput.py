@@ -14,7 +14,6 @@ benchmarks/results/rebalance_throughput.md.
 import os
 import platform
 import sys
-import time
 
 import click
 import torch
@@ -22,29 +21,15 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-
-class TimeUp(Exception):
-    pass
+from _common import timed_search  # noqa: E402
 
 
 def race(G, classifier, device, batch, seconds, trunc, seed):
-    """Run the search with `batch` candidates per call for `seconds`; its report."""
-    from stylegan2_fair.rebalance import RebalanceSearch, SearchOptions
+    """The report of a search with `batch` candidates per call, run for `seconds` from a fresh start."""
+    from stylegan2_fair.rebalance import SearchOptions
     # per_class too large to finish: the search runs for the whole window.
     options = SearchOptions(per_class=10 ** 6, max_candidates=10 ** 8, batch=batch, truncation_psi=trunc, seed=seed)
-    search = RebalanceSearch(G, classifier, options, device=device, log=lambda *a: None)
-    deadline = time.time() + seconds
-
-    def stop_when_due(_):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        if time.time() > deadline:
-            raise TimeUp
-    try:
-        search.run(progress=False, on_batch=stop_when_due)
-    except TimeUp:
-        pass
-    return search.report()
+    return timed_search(G, classifier, options, seconds, device=device).report()
 
 
 RESOLUTIONS = {'tiny': 16, 'cifar': 32, 'paper256': 256}
