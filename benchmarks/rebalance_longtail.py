@@ -276,7 +276,8 @@ def write_report(path, rows, report, single, same, ctx):
         if r['kind'] == 'data':
             lines.append(f'| {r["method"]} | {r["fairness"]:.4f} | | | |')
             continue
-        rel = f'{base["fairness"] / max(r["fairness"], 1e-9):.2f}x lower' if r is not base else '1.00x'
+        ratio = base['fairness'] / max(r['fairness'], 1e-9)
+        rel = '1.00x' if r is base else (f'{ratio:.2f}x lower' if ratio >= 1 else f'{1 / ratio:.2f}x higher')
         secs = f'{steps[r["run"]]["cpu"]:.0f} s' if r['run'] in steps else ''
         lines.append(f'| {r["method"]} | {r["fairness"]:.4f} +- {r["std"]:.4f} | {rel} | '
                      f'{r["raw"]:.4f} +- {r["raw_std"]:.4f} | {secs} |')
