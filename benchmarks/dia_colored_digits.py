@@ -38,22 +38,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import generate  # noqa: E402
-
-
-def make_loop(data, run_dir, kimg, seed, batch, channels, method, hook_kwargs, device='cpu'):
-    """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, with smaller networks."""
-    import training_hooks
-    from stylegan2_fair.cli.train import setup_training_options
-    from stylegan2_fair.training_loop import TrainingLoop
-    cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
-    _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, batch=batch, aug='noaug', workers=0,
-                                     seed=seed, device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli)
-    args['G_kwargs']['synthesis_kwargs'].update(channel_base=8 * channels, channel_max=channels)
-    args['D_kwargs'].update(channel_base=8 * channels, channel_max=channels)
-    hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
-    kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
-    return TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, progress=False, **kwargs)
+from _common import generate, make_tiny_loop  # noqa: E402
 
 
 class RngSlot:
@@ -222,11 +207,12 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     results['classifier_acc'] = float((predicted == torch.cat([is_green, held_green])).float().mean())
     results['data_green_share'] = float(is_green.float().mean())
 
-    vanilla = make_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, batch, channels, 'none', {}, device)
+    sizes = dict(device=device, batch=batch, channels=channels)
+    vanilla = make_tiny_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, 'none', {}, **sizes)
     dia_options = dict(k=dia_k, clip_min=dia_clip_min)
     if dia_phase2_kimg is not None:
         dia_options['phase2_kimg'] = dia_phase2_kimg
-    dia = make_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, batch, channels, 'dia', dia_options, device)
+    dia = make_tiny_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, 'dia', dia_options, **sizes)
     step_sec, hook_sec, steps = train_interleaved(vanilla, dia)
     hook = dia.hooks[0]
     plain1 = step_sec['dia_phase1'] - hook_sec['record_ldr_phase1'] - hook_sec['start_phase2']

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import generate  # noqa: E402
+from _common import generate, make_tiny_loop  # noqa: E402
 
 
 def make_dataset(workdir, kind, num_images, resolution, seed, **options):
@@ -45,19 +45,6 @@ def make_dataset(workdir, kind, num_images, resolution, seed, **options):
         convert_dataset(f'toy:{kind}', path, num_images=num_images, resolution=resolution, seed=seed,
                         progress=False, **options)
     return path
-
-
-def make_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu'):
-    """A TrainingLoop configured exactly as `train.py --cfg=tiny --aug=noaug --workers=0` would."""
-    import training_hooks
-    from stylegan2_fair.cli.train import setup_training_options
-    from stylegan2_fair.training_loop import TrainingLoop
-    cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
-    _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, aug='noaug', workers=0, seed=seed,
-                                     device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli)
-    hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
-    kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
-    return TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, progress=False, **kwargs)
 
 
 def train(loop):
@@ -202,7 +189,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
                     data=dict(zip(('modes', 'kl'), mode_stats(data.labels))))
         rematch_sec = []
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
-            loop = make_loop(stacked, os.path.join(workdir, f'stacked-{method}'), kimg, seed,
+            loop = make_tiny_loop(stacked, os.path.join(workdir, f'stacked-{method}'), kimg, seed,
                              'imle' if method == 'imle' else 'none', kwargs, device)
             if method == 'imle':
                 time_calls(loop.hooks[0], 'rematch', rematch_sec)
@@ -217,12 +204,12 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         # Per-step cost does not depend on the data set size: these loops use the small colored-digits
         # minority, whose re-match at step 0 (in the untimed warm-up) is cheap.
         start = time.time()
-        loops = {'vanilla': make_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}, device),
-                 'imle, paper composition (pairs=batch_gpu, interval=1)': make_loop(
+        loops = {'vanilla': make_tiny_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}, device),
+                 'imle, paper composition (pairs=batch_gpu, interval=1)': make_tiny_loop(
                      colored, os.path.join(workdir, 'cost-paper'), kimg, seed, 'imle',
                      dict(minority, pairs=None, interval=1), device)}
         for p_, i_ in sorted({(pairs, interval), (4, 1), (4, 4)}):
-            loops[f'imle, pairs={p_}, interval={i_}'] = make_loop(
+            loops[f'imle, pairs={p_}, interval={i_}'] = make_tiny_loop(
                 colored, os.path.join(workdir, f'cost-{p_}-{i_}'), kimg, seed, 'imle', dict(minority, pairs=p_, interval=i_), device)
         step_sec = alternate_steps(loops, cost_steps)
         results['cost'] = dict(step_sec=step_sec, batch=loops['vanilla'].batch_size, steps=cost_steps,
@@ -237,7 +224,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         lpips = LPIPSFeatures(lpips_backbone).to(device)
         part = dict(setup, data_green_share=float(green.float().mean()))
         for method, kwargs in (('vanilla', {}), ('imle', minority)):
-            loop = make_loop(colored, os.path.join(workdir, f'colored-{method}'), kimg, seed,
+            loop = make_tiny_loop(colored, os.path.join(workdir, f'colored-{method}'), kimg, seed,
                              'imle' if method == 'imle' else 'none', kwargs, device)
             seconds = train(loop)
             fakes = generate(loop.G_ema, eval_pool, seed + 3)
