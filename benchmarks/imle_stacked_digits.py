@@ -30,7 +30,6 @@ import time
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -57,35 +56,16 @@ def train(loop):
 
 # Mode classifier --------------------------------------------------------------------------------
 
-def to_8x8(channel):
-    """[N, R, R] in [0, 1] -> [N, 64], the resolution of sklearn's digits."""
-    return F.adaptive_avg_pool2d(torch.as_tensor(channel)[:, None].float(), 8).flatten(1).numpy()
-
-
-def train_digit_classifier(resolution, seed, num=20000):
-    from sklearn.datasets import load_digits
-    from sklearn.neural_network import MLPClassifier
-    from stylegan2_fair.toy_data import render_digits  # indexes the same sklearn digits
-    targets = load_digits().target
-    rng = np.random.default_rng(seed)
-    sources = rng.integers(0, len(targets), size=num)
-    x = to_8x8(render_digits(sources, resolution, rng))
-    clf = MLPClassifier(hidden_layer_sizes=(256,), max_iter=60, random_state=seed)
-    clf.fit(x, targets[sources])
-    return clf
-
-
-def classify_modes(clf, images):
-    """images float [N, 3, R, R] in [-1, 1] -> mode 100 R + 10 G + B per image."""
-    digits = [clf.predict(to_8x8((images[:, ch] + 1) / 2)) for ch in range(3)]
-    return digits[0] * 100 + digits[1] * 10 + digits[2]
+def mode_reader(resolution, seed):
+    """images float [N, 3, R, R] in [-1, 1] -> mode ids 100 R + 10 G + B, read by the metrics' classifier."""
+    from stylegan2_fair.metrics.modes import DigitModeClassifier
+    clf = DigitModeClassifier(resolution=resolution, seed=seed)
+    return lambda images: clf((images + 1) * 127.5)
 
 
 def mode_stats(modes):
-    counts = np.bincount(modes, minlength=1000).astype(np.float64)
-    p = counts / counts.sum()
-    nz = p > 0
-    return int(nz.sum()), float((p[nz] * np.log(p[nz] * 1000)).sum())
+    from stylegan2_fair.metrics.modes import mode_statistics
+    return mode_statistics(modes, 1000)
 
 
 # Minority reconstruction distance --------------------------------------------------------------
@@ -182,10 +162,10 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
 
     if 'coverage' in parts:  # 1. Mode coverage on stacked digits.
         start = time.time()
-        clf = train_digit_classifier(resolution, seed + 1)
+        read_modes = mode_reader(resolution, seed + 1)
         data = make_toy('stacked-digits', num_images, resolution=resolution, seed=seed)
         reals = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        read = classify_modes(clf, reals)
+        read = read_modes(reals)
         part = dict(setup, classifier_accuracy=float((read == data.labels).mean()),
                     data=dict(zip(('modes', 'kl'), mode_stats(data.labels))),
                     data_classified=dict(zip(('modes', 'kl'), mode_stats(read))))
@@ -196,7 +176,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
             if method == 'imle':
                 time_calls(loop.hooks[0], 'rematch', rematch_sec)
             seconds = train(loop)
-            modes, kl = mode_stats(classify_modes(clf, generate(loop.G_ema, samples, seed + 2)))
+            modes, kl = mode_stats(read_modes(generate(loop.G_ema, samples, seed + 2)))
             part[method] = dict(modes=modes, kl=kl, train_sec=seconds)
             print(method, part[method], flush=True)
         part.update(rematch_sec=rematch_sec[0], pool_size=loop.hooks[0].pool_size, minutes=(time.time() - start) / 60)
@@ -289,8 +269,8 @@ LPIPS backbone: {'an untrained VGG16 trunk (seeded) with the real v0.1 linear we
 
 ## Mode coverage, toy:stacked-digits ({cov['num_images']} training images, 1000 possible modes)
 
-Mode classifier: an MLP trained here on sklearn's 8x8 digits (rendered with the toy's random scale and shift, pooled
-to 8x8), applied per channel; {100 * cov['classifier_accuracy']:.1f}% of the training images get all three digits right.
+Mode classifier: `stylegan2_fair.metrics.modes.DigitModeClassifier` (an RBF SVM on sklearn's 8x8 digits, rendered
+with the toy's random scale and shift and pooled to 8x8), applied per channel; {100 * cov['classifier_accuracy']:.1f}% of the training images get all three digits right.
 Modes and KL over {cov['samples']} G_ema samples (the paper: 240,000).
 
 | | modes covered | KL(modes \\|\\| uniform) | train time |

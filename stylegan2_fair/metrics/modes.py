@@ -36,7 +36,7 @@ class DigitModeClassifier:
     seconds on a CPU; `accuracy` holds its held-out per-channel accuracy.
     """
 
-    def __init__(self, resolution=32, num_channels=3, train_size=4000, feature_size=8, seed=0):
+    def __init__(self, resolution=32, num_channels=3, train_size=20000, feature_size=8, seed=0):
         from sklearn.svm import SVC
         from .. import toy_data
         self.num_channels = num_channels
@@ -48,7 +48,8 @@ class DigitModeClassifier:
         x = self._features(torch.from_numpy(pixels)[:, None] * 255)
         y = targets[sources]
         split = train_size * 5 // 6
-        # An RBF SVM on 8x8 average-pooled pixels: ~97% per digit after well under a second of fitting.
+        # An RBF SVM on 8x8 average-pooled pixels: 99.6% per digit (99% of stacked images read right)
+        # after ~2 s of fitting; with 4000 digits it was 97% (94%), which alone cost ~30 of 1000 modes.
         self.model = SVC(C=10)
         self.model.fit(x[:split], y[:split])
         self.accuracy = float(self.model.score(x[split:], y[split:]))
