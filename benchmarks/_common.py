@@ -23,16 +23,18 @@ def generate(G, n, seed, batch=256):
     return torch.cat(out)
 
 
-def make_tiny_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu', batch=None, channels=None):
+def make_tiny_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu', batch=None, channels=None,
+                   lr_scale=1.0):
     """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, in this process;
     hook_kwargs without the method prefix ({'k': 1} for --dia-k=1); channels: channel_max of G and D
-    (channel_base 8x it) instead of the preset's."""
+    (channel_base 8x it) instead of the preset's; lr_scale as --lr-scale."""
     import training_hooks
     from stylegan2_fair.cli.train import setup_training_options
     from stylegan2_fair.training_loop import TrainingLoop
     cli = {f'{method}_{k}': v for k, v in hook_kwargs.items()}
     _, args = setup_training_options(data=data, cfg='tiny', kimg=kimg, batch=batch, aug='noaug', workers=0,
-                                     seed=seed, device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli)
+                                     seed=seed, device=device, fair_method=method, snap=10 ** 6, hook_kwargs=cli,
+                                     lr_scale=lr_scale)
     if channels is not None:
         args['G_kwargs']['synthesis_kwargs'].update(channel_base=8 * channels, channel_max=channels)
         args['D_kwargs'].update(channel_base=8 * channels, channel_max=channels)

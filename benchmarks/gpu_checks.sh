@@ -11,6 +11,8 @@
 #   official     our train.py against the official one, same command line (~8 min for 8 kimg each);
 #                needs OFFICIAL=/path/to/stylegan2-ada-pytorch
 #   rebalance    latent-search throughput, batched vs one candidate per call, paper256-sized G (~1.5 min)
+#   colour       colour_modes_probe.py at 50% green: does a GPU-sized tiny G hold two colour modes at all?
+#                (on the CPU sizes it collapses to one colour within 6 kimg, see results/dia.md) (~4 min)
 #   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, DIA_KIMG (default 120)
 #                kimg per model (not yet timed on a GPU: size it to the slot with DIA_KIMG)
 #   imle         imle_stacked_digits.py coverage + minority parts at 16x16, IMLE_KIMG (default 30) kimg per run
@@ -51,6 +53,13 @@ for step in "${steps[@]}"; do
     rebalance)
       $python benchmarks/rebalance_throughput.py --device=cuda --out="$out/rebalance_throughput.md" \
         2>&1 | tee "$out/rebalance_throughput.log" | tail -12 ;;
+    colour)
+      for size in "16 128" "32 256"; do
+        read -r res channels <<< "$size"  # not `set --`: "$@" holds the gpu_speed args
+        $python benchmarks/colour_modes_probe.py --device=cuda --threads=8 --workdir="$work/colour-$res" \
+          --majority=0.5 --resolution="$res" --channels="$channels" --batch=32 --kimg=20 \
+          2>&1 | tee "$out/colour-$res.log" | tail -12
+      done ;;
     dia)
       $python benchmarks/dia_colored_digits.py --device=cuda --threads=8 --workdir="$work/dia" \
         --num-images=10000 --resolution=16 --channels=128 --batch=32 --kimg="${DIA_KIMG:-120}" --dia-k=1 \
@@ -60,6 +69,6 @@ for step in "${steps[@]}"; do
       $python benchmarks/imle_stacked_digits.py --device=cuda --threads=8 --workdir="$work/imle" \
         --out="$out/imle.md" --parts=coverage,minority --resolution=16 --kimg="${IMLE_KIMG:-30}" \
         --lpips-backbone=random 2>&1 | tee "$out/imle.log" | tail -20 ;;
-    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance, dia, imle)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance, colour, dia, imle)" >&2; exit 2 ;;
   esac
 done
