@@ -11,7 +11,7 @@
 #   official     our train.py against the official one, same command line (~8 min for 8 kimg each);
 #                needs OFFICIAL=/path/to/stylegan2-ada-pytorch
 #   rebalance    latent-search throughput, batched vs one candidate per call, paper256-sized G (~1.5 min)
-#   colour       colour_modes_probe.py at 50% green: does a GPU-sized tiny G hold two colour modes at all?
+#   colour       collapse_probe.py at 50% green: does a GPU-sized tiny G hold two colour modes at all?
 #                (on the CPU sizes it collapses to one colour within 6 kimg, see results/dia.md) (~4 min)
 #   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, DIA_KIMG (default 120)
 #                kimg per model (not yet timed on a GPU: size it to the slot with DIA_KIMG)
@@ -56,7 +56,7 @@ for step in "${steps[@]}"; do
     colour)
       for size in "16 128" "32 256"; do
         read -r res channels <<< "$size"  # not `set --`: "$@" holds the gpu_speed args
-        $python benchmarks/colour_modes_probe.py --device=cuda --threads=8 --workdir="$work/colour-$res" \
+        $python benchmarks/collapse_probe.py --device=cuda --threads=8 --workdir="$work/colour-$res" \
           --majority=0.5 --resolution="$res" --channels="$channels" --batch=32 --kimg=20 \
           2>&1 | tee "$out/colour-$res.log" | tail -12
       done ;;
