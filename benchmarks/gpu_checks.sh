@@ -13,7 +13,7 @@
 #   rebalance    latent-search throughput, batched vs one candidate per call, paper256-sized G (~1.5 min)
 #   colour       collapse_probe.py at 50% green: does a GPU-sized tiny G hold two colour modes at all?
 #                (on the CPU sizes it collapses to one colour within 6 kimg, see results/dia.md) (~4 min)
-#   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, DIA_KIMG (default 120)
+#   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, clip floor 0.1 (runs E-F), DIA_KIMG (default 120)
 #                kimg per model (not yet timed on a GPU: size it to the slot with DIA_KIMG)
 #   imle         imle_stacked_digits.py coverage + minority parts at 16x16, IMLE_KIMG (default 30) kimg per run
 set -u
@@ -62,7 +62,7 @@ for step in "${steps[@]}"; do
       done ;;
     dia)
       $python benchmarks/dia_colored_digits.py --device=cuda --threads=8 --workdir="$work/dia" \
-        --num-images=10000 --resolution=16 --channels=128 --batch=32 --kimg="${DIA_KIMG:-120}" --dia-k=1 \
+        --num-images=10000 --resolution=16 --channels=128 --batch=32 --kimg="${DIA_KIMG:-120}" --dia-k=1 --dia-clip-min=0.1 \
         2>&1 | tee "$out/dia.log" | tail -20
       cp "$work/dia/results.json" "$out/dia_results.json" 2>/dev/null ;;
     imle)
