@@ -41,6 +41,12 @@ class ReferenceKernels:
 
     def _bias_act(self, x, b, grad, mode, dim, act_code, alpha, gain, clamp):
         spec = bias_act.activation_funcs[ACTIVATIONS[act_code]]
+        if mode == 3:  # x is y: the slope from its sign, the clamp mask strictly inside the range
+            assert b is None and ACTIVATIONS[act_code] in ('linear', 'relu', 'lrelu')
+            slope = {'linear': torch.ones_like(x), 'relu': (x > 0).to(x.dtype),
+                     'lrelu': torch.where(x > 0, 1.0, alpha).to(x.dtype)}[ACTIVATIONS[act_code]]
+            mask = (x.abs() < clamp).to(x.dtype) if clamp >= 0 else 1
+            return grad * slope * gain * mask
         z = x if b is None else x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
         if mode == 0:
             with torch.no_grad():
@@ -189,6 +195,32 @@ def test_bias_act_auto_keeps_tiny_tensors_on_the_reference_ops(reference_kernels
     bias_act.bias_act(large, act='lrelu')
     bias_act.bias_act(small, act='lrelu', impl='cuda')
     assert calls == [large.numel(), small.numel()]
+
+
+@pytest.mark.parametrize('act,alpha,keeps_x', [('lrelu', None, False), ('relu', None, False), ('linear', None, False),
+                                               ('lrelu', -0.5, True), ('tanh', None, True)])
+def test_bias_act_frees_the_pre_activation_for_the_rectifiers(reference_kernels, act, alpha, keeps_x):
+    # Like the official op: for linear/relu/lrelu (gain > 0, alpha >= 0) the backward keeps y, which
+    # the next layer keeps anyway, so x (a conv output) is freed after the forward.
+    leaf = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    spec = bias_act.activation_funcs[act]
+    alpha = spec.def_alpha if alpha is None else alpha
+    x = leaf * 2  # a non-leaf, as a conv output
+    y = functions.bias_act_cuda(x, b, 1, act, alpha, spec.def_gain, 1.0)
+    saved = y.grad_fn.saved_tensors
+    assert saved[0].data_ptr() == (x if keeps_x else y).data_ptr()
+    assert (saved[1] is None) != keeps_x  # y already holds the bias
+
+    # ... and the gradients are those of the reference, first and second order.
+    def fn(leaf, b):
+        return functions.bias_act_cuda(leaf * 2, b, 1, act, alpha, spec.def_gain, 1.0)
+
+    def ref(leaf, b):
+        return bias_act._bias_act_ref(leaf * 2, b, 1, spec, alpha, spec.def_gain, 1.0)
+    for order in (1, 2):
+        for got, want in zip(_grads(fn, [leaf, b], order), _grads(ref, [leaf, b], order)):
+            torch.testing.assert_close(got, want)
 
 
 def test_bias_act_bias_gradient_comes_from_the_grad_call_and_feeds_second_derivatives(reference_kernels):

@@ -81,6 +81,14 @@ template <int ACT, typename A>
 __device__ __forceinline__ A bias_act_value(const BiasActParams& p, A z, A g) {
     const Activation act = ACT >= 0 ? static_cast<Activation>(ACT) : p.act;
     const A alpha = static_cast<A>(p.alpha), gain = static_cast<A>(p.gain), clamp = static_cast<A>(p.clamp);
+    if (p.mode == BiasActMode::kGradFromY) {
+        // z is y here. Strictly inside the clamp range: y == +-clamp means clamped (the exact tie
+        // v == clamp, where torch.clamp passes the gradient, is indistinguishable and blocked).
+        if (clamp >= A(0) && !(z > -clamp && z < clamp))
+            return A(0);
+        const A slope = act == Activation::kLinear ? A(1) : (z > A(0) ? A(1) : (act == Activation::kLrelu ? alpha : A(0)));
+        return g * slope * gain;
+    }
     if (p.mode == BiasActMode::kForward) {
         const A v = activation<A>(act, 0, z, alpha) * gain;
         // Written with comparisons (not fmin/fmax) so that NaN passes through, as torch.clamp does.
@@ -94,7 +102,7 @@ __device__ __forceinline__ A bias_act_value(const BiasActParams& p, A z, A g) {
         if (!(v >= -clamp && v <= clamp))
             return A(0);
     }
-    const int order = p.mode == BiasActMode::kGrad ? 1 : 2;
+    const int order = p.mode == BiasActMode::kSecondGrad ? 2 : 1;
     return g * activation<A>(act, order, z, alpha) * gain;
 }
 

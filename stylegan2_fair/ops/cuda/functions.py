@@ -97,7 +97,7 @@ def upfirdn2d_cuda(x, f, up_x, up_y, down_x, down_y, padding, flip_filter, gain)
 # act''(z) = 0 (almost everywhere) for these, so their gradient is linear in z's neighbourhood and
 # the second-derivative pass can be skipped.
 _PIECEWISE_LINEAR = ('linear', 'relu', 'lrelu')
-_FORWARD, _GRAD, _SECOND_GRAD = 0, 1, 2
+_FORWARD, _GRAD, _SECOND_GRAD, _GRAD_FROM_Y = 0, 1, 2, 3
 
 
 class BiasActArgs(NamedTuple):
@@ -108,6 +108,11 @@ class BiasActArgs(NamedTuple):
     gain: float
     clamp: float
     piecewise_linear: bool
+    grad_from_y: bool  # the backward keeps y (which the next layer keeps anyway), not x: see _BiasAct
+
+    @property
+    def grad_mode(self):
+        return _GRAD_FROM_Y if self.grad_from_y else _GRAD
 
     def kernel_args(self):
         return self.dim, self.act_code, self.alpha, self.gain, self.clamp
@@ -126,33 +131,37 @@ def _sum_to_bias(dx, dim):
 class _BiasAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, args):
-        ctx.save_for_backward(x, b)
+        y = _kernels().bias_act(x, b, None, _FORWARD, *args.kernel_args(), False)[0]
+        # For the rectifiers act'(z) follows the sign of y, so keeping y instead of x lets x be freed:
+        # a layer's pre-activation costs no memory until the backward (the official op does the same).
+        ctx.save_for_backward(*((y, None) if args.grad_from_y else (x, b)))
         ctx.args = args
-        return _kernels().bias_act(x, b, None, _FORWARD, *args.kernel_args(), False)[0]
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, b = ctx.saved_tensors
+        x, b = ctx.saved_tensors  # (y, None) with args.grad_from_y
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None
         want_db = ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph=True (R1, path length): the gradient must be differentiable
             dx, db = _BiasActGrad.apply(dy, x, b, ctx.args, want_db)
         else:  # a plain backward: the kernel alone, without a second Function's Python overhead
-            dx, db = _kernels().bias_act(x, b, dy, _GRAD, *ctx.args.kernel_args(), bool(want_db))
+            dx, db = _kernels().bias_act(x, b, dy, ctx.args.grad_mode, *ctx.args.kernel_args(), bool(want_db))
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
 
 class _BiasActGrad(torch.autograd.Function):
     """dx = dy * act'(x + b) * gain * clamp_mask and, when asked, db = dx summed to the bias's shape
-    (fused: the kernel sums while it writes dx); differentiable once more w.r.t. dy, x and b."""
+    (fused: the kernel sums while it writes dx); differentiable once more w.r.t. dy, x and b.
+    With args.grad_from_y, x is the forward's output y and b is None (the rectifiers: act' from y's sign)."""
 
     @staticmethod
     def forward(ctx, dy, x, b, args, want_db):
         ctx.save_for_backward(dy, x, b)
         ctx.args = args
         ctx.set_materialize_grads(False)
-        return _kernels().bias_act(x, b, dy, _GRAD, *args.kernel_args(), bool(want_db))
+        return _kernels().bias_act(x, b, dy, args.grad_mode, *args.kernel_args(), bool(want_db))
 
     @staticmethod
     def backward(ctx, ddx, ddb):
@@ -198,6 +207,8 @@ def bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
     dim = dim % x.ndim if x.ndim else 0
     if b is not None:
         b = b.to(dtype=x.dtype)  # as the reference: the bias joins x's precision (its grad is cast back)
+    piecewise_linear = act in _PIECEWISE_LINEAR
     args = BiasActArgs(act=act, act_code=_activation_code(_kernels(), act), dim=dim, alpha=float(alpha),
-                       gain=float(gain), clamp=float(clamp), piecewise_linear=act in _PIECEWISE_LINEAR)
+                       gain=float(gain), clamp=float(clamp), piecewise_linear=piecewise_linear,
+                       grad_from_y=piecewise_linear and gain > 0 and alpha >= 0)
     return _BiasAct.apply(x, b, args)

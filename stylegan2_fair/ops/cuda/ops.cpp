@@ -114,14 +114,14 @@ at::Tensor like_layout(const at::Tensor& other, const at::Tensor& like) {
 }
 
 // Returns (y, db): db (the sum of y over every dim but `dim`, i.e. the bias gradient when y is dx) only
-// when want_bias_grad, in grad mode with a bias. Row layouts get it from the kernel's per-block
+// when want_bias_grad, in the grad modes (1, 3). Row layouts get it from the kernel's per-block
 // partial sums (a deterministic second reduction over a small buffer), others from a sum over y.
 std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
         const at::Tensor& x, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& grad, int64_t mode,
         int64_t dim, int64_t act, double alpha, double gain, double clamp, bool want_bias_grad) {
     const char* op = "bias_act";
     check_cuda(x, op, "x");
-    TORCH_CHECK(mode >= 0 && mode <= 2, op, ": mode must be 0 (forward), 1 (grad) or 2 (second grad)");
+    TORCH_CHECK(mode >= 0 && mode <= 3, op, ": mode must be 0 (forward), 1 (grad), 2 (second grad) or 3 (grad from y)");
     TORCH_CHECK(act >= 0 && act < static_cast<int64_t>(sg2f::Activation::kCount), op, ": unknown activation code ", act);
     const sg2f::Dtype dtype = kernel_dtype(x, op);
     const c10::cuda::OptionalCUDAGuard guard(x.device());
@@ -130,16 +130,19 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
     const at::Tensor xd = x.is_non_overlapping_and_dense() ? x : x.contiguous();
     sg2f::BiasActParams p{};
     at::Tensor bias, g;
-    if (b.has_value() && b->defined()) {
-        check_cuda(*b, op, "b");
+    const bool has_bias = b.has_value() && b->defined();
+    if (has_bias || want_bias_grad) {
         TORCH_CHECK(dim >= 0 && dim < xd.dim(), op, ": dim=", dim, " is out of range for x with ", xd.dim(), " dims");
+        p.bias_size = static_cast<int>(xd.size(dim));
+        // A dim of size 1 may carry any stride; its index is 0 anyway.
+        p.bias_stride = xd.size(dim) > 1 ? xd.stride(dim) : 1;
+    }
+    if (has_bias) {
+        check_cuda(*b, op, "b");
         TORCH_CHECK(b->dim() == 1 && b->size(0) == xd.size(dim), op, ": b must be 1-D with x.shape[dim]=",
                     xd.size(dim), " entries, got ", b->sizes());
         bias = b->to(xd.scalar_type()).contiguous();
         p.bias = bias.data_ptr();
-        p.bias_size = static_cast<int>(xd.size(dim));
-        // A dim of size 1 may carry any stride; its index is 0 anyway.
-        p.bias_stride = xd.size(dim) > 1 ? xd.stride(dim) : 1;
     }
     if (mode != 0) {
         TORCH_CHECK(grad.has_value() && grad->defined(), op, ": the grad modes need the incoming gradient");
@@ -148,8 +151,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
         g = like_layout(*grad, xd);
         p.grad = g.data_ptr();
     }
-    TORCH_CHECK(!want_bias_grad || (mode == 1 && p.bias != nullptr), op,
-                ": the bias gradient comes with the grad mode (1) of a call with a bias");
+    TORCH_CHECK(!want_bias_grad || mode == 1 || mode == 3, op,
+                ": the bias gradient comes with the grad modes 1 and 3");
+    TORCH_CHECK(mode != 3 || !has_bias, op, ": mode 3 takes the forward's output y and no bias");
     at::Tensor y = at::empty_like(xd);
     p.x = xd.data_ptr();
     p.y = y.data_ptr();

@@ -36,7 +36,11 @@ enum class Activation : int { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kElu,
 //   kForward:    clamp(act(z) * gain, -clamp, clamp)
 //   kGrad:       g * act'(z) * gain * mask           (first derivative, g = incoming gradient)
 //   kSecondGrad: g * act''(z) * gain * mask          (second derivative, g = product of two gradients)
-enum class BiasActMode : int { kForward = 0, kGrad = 1, kSecondGrad = 2 };
+//   kGradFromY:  kGrad computed from x = y, the forward's output, with no bias: for linear, relu and
+//                lrelu with gain > 0 and alpha >= 0, act'(z) follows the sign of y and mask is
+//                |y| < clamp. The backward then keeps y, which the next layer keeps anyway, instead
+//                of the pre-activation x.
+enum class BiasActMode : int { kForward = 0, kGrad = 1, kSecondGrad = 2, kGradFromY = 3 };
 
 struct BiasActParams {
     const void* x;                // dense (any permutation of dims); the other tensors share its strides
@@ -60,8 +64,9 @@ constexpr int kBiasActBlockSize = 256;
 constexpr int kBiasActRowChunk = 2048;
 constexpr int64_t kBiasActRowMinStride = 256;
 
+// bias_size > 0: the call has a bias dimension (a bias, or a bias gradient to sum).
 inline bool bias_act_uses_rows(const BiasActParams& p) {
-    return p.bias != nullptr && p.bias_stride >= kBiasActRowMinStride && p.bias_stride < (int64_t(1) << 30);
+    return p.bias_size > 0 && p.bias_stride >= kBiasActRowMinStride && p.bias_stride < (int64_t(1) << 30);
 }
 
 inline int64_t bias_act_row_blocks(int64_t bias_stride) {
