@@ -127,6 +127,8 @@ def alternate_steps(loops, steps, warmup=2):
 @click.option('--resolution', type=int, default=16, show_default=True)
 @click.option('--samples', type=int, default=10000, show_default=True, help='Generated samples for mode counting')
 @click.option('--eval-pool', type=int, default=2000, show_default=True, help='Generated samples for minority distances')
+@click.option('--batch', type=int, help='Batch size of every run [default: the tiny preset\'s]')
+@click.option('--channels', type=int, help='channel_max of G and D (base = 8x) [default: the tiny preset\'s]')
 @click.option('--pool-factor', type=float, default=10, show_default=True)
 @click.option('--pairs', type=int, default=4, show_default=True, help='--imle-pairs of the training runs')
 @click.option('--interval', type=int, default=1, show_default=True, help='--imle-interval of the training runs')
@@ -136,7 +138,7 @@ def alternate_steps(loops, steps, warmup=2):
               help='torch threads (1 is fastest on a shared 2-core machine)')
 @click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
-def main(workdir, out, parts, kimg, num_images, minority_images, resolution, samples, eval_pool, pool_factor, pairs,
+def main(workdir, out, parts, kimg, num_images, minority_images, resolution, samples, eval_pool, batch, channels, pool_factor, pairs,
          interval, cost_steps, lpips_backbone, threads, device, seed):
     from stylegan2_fair.lpips_features import LPIPSBackboneMissing, LPIPSFeatures, load_lpips
     from stylegan2_fair.toy_data import make_toy
@@ -155,7 +157,9 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
             lpips_backbone = 'random'
     imle_kwargs = dict(pool_factor=pool_factor, pairs=pairs, interval=interval, lpips_backbone=lpips_backbone)
     setup = dict(kimg=kimg, num_images=num_images, minority_images=minority_images, resolution=resolution,
-                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device)
+                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device,
+                 batch=batch, channels=channels)
+    size = dict(batch=batch, channels=channels)
     stacked = make_dataset(workdir, 'stacked-digits', num_images, resolution, seed)
     colored = make_dataset(workdir, 'colored-digits', minority_images, resolution, seed, majority=0.95)
     minority = dict(imle_kwargs, subgroup='Green')
@@ -172,7 +176,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         rematch_sec = []
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
             loop = make_tiny_loop(stacked, os.path.join(workdir, f'stacked-{method}'), kimg, seed,
-                             'imle' if method == 'imle' else 'none', kwargs, device)
+                             'imle' if method == 'imle' else 'none', kwargs, device, **size)
             if method == 'imle':
                 time_calls(loop.hooks[0], 'rematch', rematch_sec)
             seconds = train(loop)
@@ -186,13 +190,13 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         # Per-step cost does not depend on the data set size: these loops use the small colored-digits
         # minority, whose re-match at step 0 (in the untimed warm-up) is cheap.
         start = time.time()
-        loops = {'vanilla': make_tiny_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}, device),
+        loops = {'vanilla': make_tiny_loop(colored, os.path.join(workdir, 'cost-vanilla'), kimg, seed, 'none', {}, device, **size),
                  'imle, paper composition (pairs=batch_gpu, interval=1)': make_tiny_loop(
                      colored, os.path.join(workdir, 'cost-paper'), kimg, seed, 'imle',
-                     dict(minority, pairs=None, interval=1), device)}
+                     dict(minority, pairs=None, interval=1), device, **size)}
         for p_, i_ in sorted({(pairs, interval), (4, 1), (4, 4)}):
             loops[f'imle, pairs={p_}, interval={i_}'] = make_tiny_loop(
-                colored, os.path.join(workdir, f'cost-{p_}-{i_}'), kimg, seed, 'imle', dict(minority, pairs=p_, interval=i_), device)
+                colored, os.path.join(workdir, f'cost-{p_}-{i_}'), kimg, seed, 'imle', dict(minority, pairs=p_, interval=i_), device, **size)
         step_sec = alternate_steps(loops, cost_steps)
         results['cost'] = dict(step_sec=step_sec, batch=loops['vanilla'].batch_size, steps=cost_steps,
                                minutes=(time.time() - start) / 60)
@@ -207,7 +211,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         part = dict(setup, data_green_share=float(green.float().mean()))
         for method, kwargs in (('vanilla', {}), ('imle', minority)):
             loop = make_tiny_loop(colored, os.path.join(workdir, f'colored-{method}'), kimg, seed,
-                             'imle' if method == 'imle' else 'none', kwargs, device)
+                             'imle' if method == 'imle' else 'none', kwargs, device, **size)
             seconds = train(loop)
             fakes = generate(loop.G_ema, eval_pool, seed + 3)
             dist = nearest_lpips(lpips, creals, fakes, device=device)
