@@ -13,7 +13,8 @@ import torch
 from stylegan2_fair import checkpoint, distributed
 from stylegan2_fair.dataset import ImageFolderDataset
 from stylegan2_fair.samplers import InfiniteSampler, WeightedInfiniteSampler
-from training_hooks.dia import (LdrHistory, SelfDiagnosingHook, capped_fraction, clip_scores, discrepancy_scores,
+from training_hooks.dia import (LdrHistory, SelfDiagnosingHook, capped_fraction, clip_scores, default_record_batch,
+                                discrepancy_scores,
                                 flat_scores_warning)
 
 # scipy, the training loop and the dataset tool are imported where used: the two-process test
@@ -154,6 +155,16 @@ def test_ring_buffer_keeps_the_last_window_records_oldest_first():
         history.add([t, 10 * t])
     assert history.count == 5
     assert history.records().tolist() == [[2, 20], [3, 30], [4, 40]]
+
+
+@pytest.mark.parametrize('batch_gpu, resolution, shard, expected', [
+    (16, 256, 70000, 64), (16, 512, 70000, 16), (4, 1024, 70000, 4),  # high resolution: few images per call
+    (32, 16, 10000, 1024), (16, 32, 10000, 512), (16, 64, 10000, 256),  # low: large calls (a GPU is launch-bound)
+    (16, 16, 100, 112), (16, 16, 3, 16), (12, 16, 10000, 1032),  # the shard caps it; always a multiple of batch_gpu
+])
+def test_record_batch_grows_at_low_resolution_within_the_shard(batch_gpu, resolution, shard, expected):
+    size = default_record_batch(batch_gpu, resolution, shard)
+    assert size == expected and size % batch_gpu == 0
 
 
 # Recording and phase 2 on one process -------------------------------------------------------------
