@@ -220,6 +220,9 @@ class SelfDiagnosingHook(TrainingHook):
         self.shard_valid = torch.zeros(padded, dtype=torch.bool)
         self.shard_valid[:len(shard)] = True
         self.shard = np.resize(shard, padded) if len(shard) else np.zeros(padded, dtype=np.int64)
+        # Fill the image cache now (about 1 s per 10k small images): in the first LDR record it would
+        # stall one training step and count as recording time.
+        self._image_cache(run)
         if self.phase2_kimg > run.total_kimg:
             self._log(f'Dia: --dia-phase2-kimg={self.phase2_kimg:g} is past the end of training '
                       f'({run.total_kimg:g} kimg): phase 2 will not start')
