@@ -7,37 +7,17 @@ each kernel reaches (bytes it must move / time), so a kernel at the roofline is 
 
     python benchmarks/bias_act_kernels.py [--shape 32,256,64,64]
 """
-import os
-import statistics
-import sys
-
 import click
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-FORWARD, GRAD, GRAD_FROM_Y = 0, 1, 3  # the kernel modes of stylegan2_fair/ops/cuda/functions.py
-
-
-def median_ms(fn, samples=30, calls=10):
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+from gpu_speed import median_ms  # also puts the repository on sys.path
 
 
 @click.command()
 @click.option('--shape', default='32,256,64,64', show_default=True, help='NCHW of x; the bias is [C]')
 def main(shape):
     from stylegan2_fair.ops.cuda import functions
+    FORWARD, GRAD, GRAD_FROM_Y = functions._FORWARD, functions._GRAD, functions._GRAD_FROM_Y  # kernel modes
     shape = [int(v) for v in shape.split(',')]
     kernels = functions._kernels()
     lrelu = functions._activation_code(kernels, 'lrelu')
