@@ -156,10 +156,9 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         except LPIPSBackboneMissing:
             lpips_backbone = 'random'
     imle_kwargs = dict(pool_factor=pool_factor, pairs=pairs, interval=interval, lpips_backbone=lpips_backbone)
+    size = dict(batch=batch, channels=channels)  # of every training loop; None: the tiny preset's
     setup = dict(kimg=kimg, num_images=num_images, minority_images=minority_images, resolution=resolution,
-                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device,
-                 batch=batch, channels=channels)
-    size = dict(batch=batch, channels=channels)
+                 samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device, **size)
     stacked = make_dataset(workdir, 'stacked-digits', num_images, resolution, seed)
     colored = make_dataset(workdir, 'colored-digits', minority_images, resolution, seed, majority=0.95)
     minority = dict(imle_kwargs, subgroup='Green')
