@@ -14,8 +14,7 @@ from stylegan2_fair import checkpoint, distributed
 from stylegan2_fair.dataset import ImageFolderDataset
 from stylegan2_fair.samplers import InfiniteSampler, WeightedInfiniteSampler
 from training_hooks.dia import (LdrHistory, SelfDiagnosingHook, capped_fraction, clip_scores, default_record_batch,
-                                discrepancy_scores,
-                                flat_scores_warning)
+                                discrepancy_scores, flat_scores_warning)
 
 # scipy, the training loop and the dataset tool are imported where used: the two-process test
 # spawns workers that import this module, and they need none of them.
