@@ -73,8 +73,9 @@ def timed(obj, name, bucket):
     setattr(obj, name, wrapper)
 
 
-def train_interleaved(vanilla, dia):
-    """Alternate steps of the two loops; per-phase step seconds of each, and dia's hook seconds."""
+def train_interleaved(vanilla, dia, is_green, probe_kimg=None, probe_samples=1000):
+    """Alternate steps of the two loops; per-phase step seconds of each, and dia's hook seconds.
+    Every probe_kimg, the green share of both G_ema (untimed): when, if ever, each model draws the minority."""
     slots = {}
     for name, loop in (('vanilla', vanilla), ('dia', dia)):
         loop.setup()
@@ -87,7 +88,14 @@ def train_interleaved(vanilla, dia):
     step_sec = {f'{name}_phase{p}': 0.0 for name in slots for p in (1, 2)}
     hook_by_phase = {'record_ldr_phase1': 0.0, 'record_ldr_phase2': 0.0, 'train_aux_phase2': 0.0, 'start_phase2': 0.0}
     steps = {1: 0, 2: 0}
+    probes = []
     while dia.cur_nimg < dia.total_kimg * 1000:
+        if probe_kimg and dia.run.crossed_kimg(probe_kimg):
+            sampler = None if hook.scores is None else float(hook.scores.cpu()[is_green].sum() / hook.scores.sum().cpu())
+            probes.append(dict(kimg=dia.cur_nimg / 1000, sampler_green=sampler,
+                               **{name: green_share(generate(loop.G_ema, probe_samples, 7))
+                                  for name, loop in (('vanilla', vanilla), ('dia', dia))}))
+            print('probe', json.dumps(probes[-1]), flush=True)
         phase = 2 if hook.phase2 else 1
         steps[phase] += 1
         for name, loop in (('vanilla', vanilla), ('dia', dia)):
@@ -105,7 +113,7 @@ def train_interleaved(vanilla, dia):
     for loop in (vanilla, dia):
         for h in loop.hooks:
             h.on_train_end(loop.run)
-    return step_sec, hook_by_phase, steps
+    return step_sec, hook_by_phase, steps, probes
 
 
 def green_share(images):
@@ -180,10 +188,14 @@ def to01(images):
 @click.option('--resolution', type=int, default=8, show_default=True)
 @click.option('--batch', type=int, default=16, show_default=True)
 @click.option('--channels', type=int, default=32, show_default=True, help='channel_max of G and D (base = 8x)')
+@click.option('--lr-scale', type=float, default=1.0, show_default=True, help='Multiplies the G and D learning rates')
 @click.option('--dia-k', type=float, default=1.0, show_default=True, help='k of Eq. 7 (paper, Colored-MNIST: 1)')
 @click.option('--dia-clip-min', type=float, default=0.01, show_default=True,
               help='Lower clip of the scores (the upper one is 50x it): the paper 0.01')
 @click.option('--dia-phase2-kimg', type=float, help='Start of Dia phase 2 [default: 80% of --kimg, as the paper]')
+@click.option('--dia-clip-ratio', type=float, default=50.0, show_default=True, help='Cap of the scores / their minimum')
+@click.option('--dia-refresh-kimg', type=float, help='Recompute the scores every KIMG in phase 2 [default: never]')
+@click.option('--probe-kimg', type=float, help='Print both models\' green share every KIMG (1000 samples, untimed)')
 @click.option('--samples', type=int, default=5000, show_default=True, help='G_ema samples per model')
 @click.option('--fresh', type=int, default=1000, show_default=True, help='Unseen real images per colour for RE')
 @click.option('--cae-epochs', type=int, default=15, show_default=True)
@@ -192,8 +204,8 @@ def to01(images):
               help='torch threads (1 on a shared 2-core machine: 2 threads oversubscribe it badly)')
 @click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
-def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k, dia_clip_min, dia_phase2_kimg, samples, fresh,
-         cae_epochs, cae_seeds, threads, device, seed):
+def main(workdir, kimg, num_images, majority, resolution, batch, channels, lr_scale, dia_k, dia_clip_min, dia_phase2_kimg,
+         dia_clip_ratio, dia_refresh_kimg, probe_kimg, samples, fresh, cae_epochs, cae_seeds, threads, device, seed):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     from stylegan2_fair.drs import drs_sample
     from stylegan2_fair.toy_data import make_toy
@@ -212,8 +224,9 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     held_imgs = torch.from_numpy(held.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     held_green = torch.from_numpy(held.extras['color'] == 1)
     results = dict(kimg=kimg, num_images=num_images, minority_images=int(is_green.sum()), majority=majority,
-                   resolution=resolution, batch=batch, channels=channels, dia_k=dia_k, dia_clip_min=dia_clip_min,
-                   dia_phase2_kimg=dia_phase2_kimg, samples=samples,
+                   resolution=resolution, batch=batch, channels=channels, lr_scale=lr_scale, dia_k=dia_k, dia_clip_min=dia_clip_min,
+                   dia_phase2_kimg=dia_phase2_kimg, dia_clip_ratio=dia_clip_ratio, dia_refresh_kimg=dia_refresh_kimg,
+                   samples=samples,
                    seed=seed, threads=threads, device=device, machine=f'{platform.machine()}, {os.cpu_count()} cores',
                    torch=torch.__version__)
     # The colour rule on real images (ground truth known).
@@ -221,13 +234,13 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     results['classifier_acc'] = float((predicted == torch.cat([is_green, held_green])).float().mean())
     results['data_green_share'] = float(is_green.float().mean())
 
-    sizes = dict(device=device, batch=batch, channels=channels)
+    sizes = dict(device=device, batch=batch, channels=channels, lr_scale=lr_scale)
     vanilla = make_tiny_loop(data_path, os.path.join(workdir, 'vanilla'), kimg, seed, 'none', {}, **sizes)
-    dia_options = dict(k=dia_k, clip_min=dia_clip_min)
+    dia_options = dict(k=dia_k, clip_min=dia_clip_min, clip_ratio=dia_clip_ratio, refresh_kimg=dia_refresh_kimg)
     if dia_phase2_kimg is not None:
         dia_options['phase2_kimg'] = dia_phase2_kimg
     dia = make_tiny_loop(data_path, os.path.join(workdir, 'dia'), kimg, seed, 'dia', dia_options, **sizes)
-    step_sec, hook_sec, steps = train_interleaved(vanilla, dia)
+    step_sec, hook_sec, steps, results['probes'] = train_interleaved(vanilla, dia, is_green, probe_kimg)
     hook = dia.hooks[0]
     plain1 = step_sec['dia_phase1'] - hook_sec['record_ldr_phase1'] - hook_sec['start_phase2']
     plain2 = step_sec['dia_phase2'] - hook_sec['train_aux_phase2'] - hook_sec['record_ldr_phase2']
@@ -246,6 +259,8 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, dia_k
     results['scores'] = dict(
         green_mean_score=float(scores[is_green].mean()), red_mean_score=float(scores[~is_green].mean()),
         green_mean_ldrv=float(ldrv[is_green].mean()), red_mean_ldrv=float(ldrv[~is_green].mean()),
+        green_mean_ldrm=float(torch.as_tensor(hook.ldrm).cpu()[is_green].mean()),
+        red_mean_ldrm=float(torch.as_tensor(hook.ldrm).cpu()[~is_green].mean()),
         greens_among_top_scores=int(is_green[greens_in_top].sum()),
         green_sampling_share=float(scores[is_green].sum() / scores.sum()))
     print(json.dumps(results['timing'], indent=1), flush=True)

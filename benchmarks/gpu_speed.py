@@ -54,6 +54,24 @@ def median_ms(fn, iters=30, warmup=5, calls=10):
     return statistics.median(times)
 
 
+def kernel_ms(fn, iters=20, warmup=3):
+    """GPU time per call: the summed durations of the kernels `fn` launches (CUPTI, via the profiler),
+    without the host time between launches. It is what an op costs once the CPU runs ahead of the
+    GPU, as it does in a training step; `median_ms` on small tensors measures the host instead."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    # The device-side events are the kernels (and memsets/copies) themselves, each with its own interval.
+    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return total_us / 1e3 / iters
+
+
 def op_cases(device, dtype):
     """(name, make_inputs, op(inputs, impl)) at the sizes of a 256x256 paper256 step, batch 32."""
     from stylegan2_fair.ops import bias_act, upfirdn2d
@@ -113,6 +131,9 @@ def benchmark_ops(device):
                     # (bias_act.MIN_KERNEL_NUMEL), which stay on the reference ops.
                     row[f'{label} cuda ms'] = median_ms(lambda: fn('auto'))
                     row[f'{label} speed-up'] = row[f'{label} ref ms'] / row[f'{label} cuda ms']
+                    row[f'{label} ref gpu ms'] = kernel_ms(lambda: fn('ref'))
+                    row[f'{label} cuda gpu ms'] = kernel_ms(lambda: fn('auto'))
+                    row[f'{label} gpu speed-up'] = row[f'{label} ref gpu ms'] / row[f'{label} cuda gpu ms']
                 del inputs, out, grad
             except Exception as err:  # one failing case (e.g. out of memory) must not hide the others
                 row = dict(op=name, dtype=str(dtype).replace('torch.', ''), error=f'{type(err).__name__}: {err}'[:200])
@@ -122,12 +143,15 @@ def benchmark_ops(device):
     return rows
 
 
+OP_COLUMNS = [f'{label} {what}' for label in ('fwd', 'fwd+bwd') for what in
+              ('ref ms', 'cuda ms', 'speed-up', 'ref gpu ms', 'cuda gpu ms', 'gpu speed-up')]
+
+
 def format_op_row(row):
     if 'error' in row:
-        return f"| {row['op']} | {row['dtype']} | failed: {row['error']} | | | | | |"
-    return (f"| {row['op']} | {row['dtype']} | {row['fwd ref ms']:.3f} | {row['fwd cuda ms']:.3f} | "
-            f"{row['fwd speed-up']:.2f}x | {row['fwd+bwd ref ms']:.3f} | {row['fwd+bwd cuda ms']:.3f} | "
-            f"{row['fwd+bwd speed-up']:.2f}x |")
+        return f"| {row['op']} | {row['dtype']} | failed: {row['error']} |" + ' |' * (len(OP_COLUMNS) - 1)
+    cells = [f'{row[c]:.2f}x' if c.endswith('speed-up') else f'{row[c]:.3f}' for c in OP_COLUMNS]
+    return f"| {row['op']} | {row['dtype']} | " + ' | '.join(cells) + ' |'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,10 +359,13 @@ def write_report(path, command, op_rows, train_rows, opts, cli_rows=()):
              f'Machine: {device}, {platform.platform()}, torch {torch.__version__} '
              f'(CUDA {torch.version.cuda}), {os.cpu_count()} CPU cores', '', f'Command: `{command}`', '']
     if op_rows:
-        lines += ['## Ops (median ms per call, each sample the mean of 10 back-to-back calls; speed-up = reference / CUDA path as training runs it, '
+        lines += ['## Ops (ms per call; speed-up = reference / CUDA path as training runs it, '
                   "impl='auto': bias_act on fewer than 65536 elements stays on the reference ops)", '',
-                  '| op | dtype | fwd ref | fwd cuda | fwd speed-up | fwd+bwd ref | fwd+bwd cuda | fwd+bwd speed-up |',
-                  '|---|---|---|---|---|---|---|---|'] + [format_op_row(r) for r in op_rows] + ['']
+                  'Wall: median of the mean of 10 back-to-back calls (host time included; small tensors are '
+                  'host-bound). GPU: the summed kernel durations per call from the profiler (what the op costs '
+                  'when the CPU runs ahead, as in a training step).', '',
+                  '| op | dtype | ' + ' | '.join(c.replace(' ms', '').replace('gpu', 'GPU') for c in OP_COLUMNS) + ' |',
+                  '|---|---|' + '---|' * len(OP_COLUMNS)] + [format_op_row(r) for r in op_rows] + ['']
     if train_rows:
         lines += [f'## Training, {opts.resolution}x{opts.resolution} paper256 recipe, batch {opts.batch} '
                   f'(batch_gpu {opts.batch_gpu}), '

@@ -297,13 +297,19 @@ def test_upfirdn2d_kernel_equals_reference(gpu, up, down, padding, flip, taps, d
     _assert_close(dx, dx_ref, dtype)
 
 
-# The tiled kernel (4x4 filters, up or down 2, planes of 32x32 outputs or more): patches that do
-# not divide the plane, several patches per axis, padding and cropping, a non-symmetric filter.
+# The tiled kernels (4x4 filters, up or down 2): patches that do not divide the plane, several patches
+# per axis, padding and cropping, a non-symmetric filter; on planes of each tile shape (see
+# launch_tiled_for_plane): 32x32 outputs or more, up to 16x16, up to 8x8.
 TILED_CASES = [  # up, down, padding
     (1, 1, [1, 2, 1, 2]), (1, 1, [2, 2, 2, 2]), (1, 1, [-3, 1, 0, -2]),
     (2, 1, [2, 1, 2, 1]), (2, 1, [1, 2, 0, 3]), (2, 1, [-2, -1, 3, 0]),
     (1, 2, [1, 1, 1, 1]), (1, 2, [2, 2, 2, 2]), (1, 2, [0, 3, -1, 1]),
 ]
+TILED_INPUT_HW = {  # plane: {(up, down): input height, width}
+    'large': {(1, 1): (40, 150), (2, 1): (21, 40), (1, 2): (40, 150)},
+    'medium': {(1, 1): (14, 13), (2, 1): (7, 6), (1, 2): (28, 26)},
+    'small': {(1, 1): (6, 6), (2, 1): (3, 4), (1, 2): (12, 14)},
+}
 
 
 @requires_gpu
@@ -311,16 +317,19 @@ TILED_CASES = [  # up, down, padding
 @pytest.mark.parametrize('flip', [False, True])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 @pytest.mark.parametrize('layout', ['contiguous', 'strided'])
-def test_upfirdn2d_tiled_kernel_equals_reference(gpu, up, down, padding, flip, dtype, layout):
+@pytest.mark.parametrize('plane', list(TILED_INPUT_HW))
+def test_upfirdn2d_tiled_kernel_equals_reference(gpu, up, down, padding, flip, dtype, layout, plane):
     gen = torch.Generator().manual_seed(up * 10 + down)
-    height, width = (40, 150) if up == 1 else (21, 40)  # outputs of at least 32x32, several patches
+    height, width = TILED_INPUT_HW[plane][up, down]
     x = torch.randn([2, 3, height * (2 if layout == 'strided' else 1), width], generator=gen).to(gpu, dtype)
     x = (x[:, :, ::2] if layout == 'strided' else x).requires_grad_(True)
     f = (torch.rand([4, 4], generator=gen) + 0.1).to(gpu)  # not symmetric: a flipped tap would show
     kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=up * up * 1.3)
     y = upfirdn2d.upfirdn2d(x, f, impl='cuda', **kwargs)
     y_ref = upfirdn2d.upfirdn2d(x, f, impl='ref', **kwargs)
-    assert y.shape[2] * y.shape[3] >= 1024
+    out_h, out_w = y.shape[2:]
+    assert {'large': out_h * out_w >= 1024, 'medium': 8 < max(out_h, out_w) <= 16 and out_h * out_w < 1024,
+            'small': max(out_h, out_w) <= 8}[plane], (plane, y.shape)
     _assert_close(y, y_ref, dtype, scale=4)
     dy = torch.randn_like(y)
     (dx,), (dx_ref,) = torch.autograd.grad(y, x, dy), torch.autograd.grad(y_ref, x, dy)

@@ -2,9 +2,10 @@
 //
 // Zero-inserted samples and padding are skipped arithmetically instead of being materialised (the
 // reference path builds the up*up larger zero-inserted image and filters all of it). Two kernels:
-// - tiled, for the filter sizes and factors StyleGAN2 uses on planar (NCHW) tensors of 32x32 and
-//   more: a block stages the input patch its outputs' windows cover in shared memory, so each input
-//   sample is read from global memory about once, and all loop bounds are compile-time constants;
+// - tiled, for the filter sizes and factors StyleGAN2 uses on planar (NCHW) tensors, with a tile shape
+//   per plane size (launch_tiled_for_plane): a block stages the input patch its outputs' windows cover
+//   in shared memory, so each input sample is read from global memory about once, and all loop
+//   bounds are compile-time constants;
 // - generic, for everything else: one thread per output pixel gathers its window from global memory.
 #include <type_traits>
 
@@ -152,23 +153,34 @@ cudaError_t launch_tiled(const Upfirdn2dParams& p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
+// The tile that fits the output plane: a 32x64 (16x64 when downsampling) tile on planes of 32x32 and
+// more, one 16x16 or 8x8 tile per plane below. The generic kernel on the small planes of the low
+// resolutions ran 4x slower per output than a tile (its per-pixel index divisions dominate there).
+template <typename T, int UP, int DOWN>
+cudaError_t launch_tiled_for_plane(const Upfirdn2dParams& p, cudaStream_t stream) {
+    if (static_cast<long long>(p.out_h) * p.out_w >= 1024)
+        return launch_tiled<T, UP, DOWN, 4, 4, (DOWN == 1 ? 32 : 16), 64>(p, stream);
+    if (p.out_w > 8 || p.out_h > 8)
+        return launch_tiled<T, UP, DOWN, 4, 4, 16, 16>(p, stream);
+    return launch_tiled<T, UP, DOWN, 4, 4, 8, 8>(p, stream);
+}
+
 template <typename T>
 cudaError_t launch(const Upfirdn2dParams& p, cudaStream_t stream) {
     const long long total = static_cast<long long>(p.batch) * p.channels * p.out_h * p.out_w;
     if (total == 0)
         return cudaSuccess;
-    // The tiled kernel pays off on planes of 32x32 outputs and more; channels-last tensors would make
-    // its row-wise patch loads and stores strided, so they stay on the generic kernel, as does
-    // float64 (gradient checks, not speed: it accumulates in double).
-    const bool tiled = !std::is_same<T, double>::value && !p.channel_fastest &&
-                       static_cast<long long>(p.out_h) * p.out_w >= 1024 && p.filter_h == 4 && p.filter_w == 4 &&
+    // The tiled kernels cover StyleGAN2's 4x4 filters; channels-last tensors would make their
+    // row-wise patch loads and stores strided, so they stay on the generic kernel, as does float64
+    // (gradient checks, not speed: it accumulates in double).
+    const bool tiled = !std::is_same<T, double>::value && !p.channel_fastest && p.filter_h == 4 && p.filter_w == 4 &&
                        p.up_x == p.up_y && p.down_x == p.down_y;
     if (tiled && p.up_x == 1 && p.down_x == 1)
-        return launch_tiled<T, 1, 1, 4, 4, 32, 64>(p, stream);
+        return launch_tiled_for_plane<T, 1, 1>(p, stream);
     if (tiled && p.up_x == 2 && p.down_x == 1)
-        return launch_tiled<T, 2, 1, 4, 4, 32, 64>(p, stream);
+        return launch_tiled_for_plane<T, 2, 1>(p, stream);
     if (tiled && p.up_x == 1 && p.down_x == 2)
-        return launch_tiled<T, 1, 2, 4, 4, 16, 64>(p, stream);
+        return launch_tiled_for_plane<T, 1, 2>(p, stream);
     const size_t shared_bytes = sizeof(float) * p.filter_h * p.filter_w;
     upfirdn2d_kernel<T><<<grid_blocks(total, kBlockSize), kBlockSize, shared_bytes, stream>>>(p, total);
     return cudaGetLastError();
