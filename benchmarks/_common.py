@@ -7,6 +7,21 @@ import click
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESOLUTIONS = {'tiny': 16, 'cifar': 32, 'paper256': 256}  # the train.py presets' usual resolutions
+
+
+def preset_generator(cfg, resolution=None):
+    """A random-weight unconditional G shaped as train.py builds it for the preset `cfg` (speed does not
+    depend on the weights). Facts: channel_base = fmaps * 32768, channels capped at 512."""
+    from stylegan2_fair.cli.train import CFG_SPECS
+    from stylegan2_fair.networks import Generator
+    spec = CFG_SPECS[cfg]
+    return Generator(z_dim=spec.get('z_dim', 512), c_dim=0, w_dim=spec.get('z_dim', 512),
+                     img_resolution=resolution or RESOLUTIONS[cfg], img_channels=3,
+                     mapping_kwargs=dict(num_layers=spec['map']),
+                     synthesis_kwargs=dict(channel_base=int(spec['fmaps'] * 32768),
+                                           channel_max=spec.get('channel_max', 512),
+                                           num_fp16_res=spec.get('num_fp16_res', 4), conv_clamp=256))
 
 
 @torch.no_grad()

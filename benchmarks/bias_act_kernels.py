@@ -32,7 +32,9 @@ def main(shape):
         tensor_bytes = x.numel() * x.element_size()
         rows = [('forward (read x, write y)', 2, lambda: kernels.bias_act(x, b, None, FORWARD, *act, False)),
                 ('grad from x, b + bias grad (mode 1)', 3, lambda: kernels.bias_act(x, b, dy, GRAD, *act, True)),
-                ('grad from y + bias grad (mode 3)', 3, lambda: kernels.bias_act(y, None, dy, GRAD_FROM_Y, *act, True))]
+                ('grad from y + bias grad (mode 3)', 3, lambda: kernels.bias_act(y, None, dy, GRAD_FROM_Y, *act, True)),
+                # What the G step's backward through D runs (no bias gradient wanted): the row kernel still.
+                ('grad from y, no bias grad (mode 3)', 3, lambda: kernels.bias_act(y, None, dy, GRAD_FROM_Y, *act, False))]
         for name, passes, fn in rows:
             ms = median_ms(fn)
             print(f'| {name} | {str(dtype).split(".")[-1]} | {ms:.3f} | {passes * tensor_bytes / ms / 1e6:.0f} |', flush=True)

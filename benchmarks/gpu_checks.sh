@@ -16,6 +16,7 @@
 #   dia          dia_colored_digits.py at GPU scale: 10k images (100 greens), 16x16, clip floor 0.1 (runs E-F), DIA_KIMG (default 120)
 #                kimg per model (not yet timed on a GPU: size it to the slot with DIA_KIMG)
 #   imle         imle_stacked_digits.py coverage + minority parts at 16x16, IMLE_KIMG (default 30) kimg per run
+#   matching     imle_matching_scale.py: IMLE's re-match at N = 30k, m = 300k (search, paper256 G renders at 256 and 64) (~2 min)
 set -u
 out=${1:?usage: gpu_checks.sh OUTDIR STEP... [-- gpu_speed args]}
 shift
@@ -69,6 +70,8 @@ for step in "${steps[@]}"; do
       $python benchmarks/imle_stacked_digits.py --device=cuda --threads=8 --workdir="$work/imle" \
         --out="$out/imle.md" --parts=coverage,minority --resolution=16 --kimg="${IMLE_KIMG:-30}" \
         --lpips-backbone=random 2>&1 | tee "$out/imle.log" | tail -20 ;;
-    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance, colour, dia, imle)" >&2; exit 2 ;;
+    matching)
+      for res in 256 64; do $python benchmarks/imle_matching_scale.py --device=cuda --resolution=$res; done 2>&1 | tee "$out/imle_matching.log" ;;
+    *) echo "unknown step '$step' (correctness, ops, methods, official, rebalance, colour, dia, imle, matching)" >&2; exit 2 ;;
   esac
 done

@@ -21,7 +21,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from _common import timed_search  # noqa: E402
+from _common import RESOLUTIONS, preset_generator, timed_search  # noqa: E402
 
 
 def race(G, classifier, device, batch, seconds, trunc, seed):
@@ -32,25 +32,11 @@ def race(G, classifier, device, batch, seconds, trunc, seed):
     return timed_search(G, classifier, options, seconds, device=device).report()
 
 
-RESOLUTIONS = {'tiny': 16, 'cifar': 32, 'paper256': 256}
-
-
 def build_networks(network, cfg, classes, device, seed):
     from stylegan2_fair.classifiers.small_cnn import LabelClassifier
-    from stylegan2_fair.cli.train import CFG_SPECS
-    from stylegan2_fair.networks import Generator
     from stylegan2_fair.rebalance import load_generator
     torch.manual_seed(seed)
-    if network:
-        G = load_generator(network)
-    else:
-        # As train.py builds G for the preset (facts: channel_base = fmaps * 32768, capped at 512).
-        spec = CFG_SPECS[cfg]
-        G = Generator(z_dim=spec.get('z_dim', 512), c_dim=0, w_dim=spec.get('z_dim', 512),
-                      img_resolution=RESOLUTIONS[cfg], img_channels=3, mapping_kwargs=dict(num_layers=spec['map']),
-                      synthesis_kwargs=dict(channel_base=int(spec['fmaps'] * 32768),
-                                            channel_max=spec.get('channel_max', 512),
-                                            num_fp16_res=spec.get('num_fp16_res', 4), conv_clamp=256))
+    G = load_generator(network) if network else preset_generator(cfg)
     classifier = LabelClassifier([f'class{i}' for i in range(classes)], resolution=min(64, G.img_resolution),
                                  channels=G.img_channels)
     G, classifier = G.to(device).eval(), classifier.freeze().to(device)

@@ -48,7 +48,8 @@ def nearest_neighbors(queries, pool, chunk=4096, pool_chunk=65536, query_groups=
         run_idx = torch.full([q.shape[0]], -1, dtype=torch.int64, device=device)
         for p0 in range(0, pool.shape[0], pool_chunk):
             p = pool[p0:p0 + pool_chunk] - centre
-            dist = torch.addmm(q_sq + pool_sq[None, p0:p0 + p.shape[0]], q_centred, p.T, alpha=-2)
+            # In place on the norms' sum: one block-sized buffer, not two (2 GiB at the default chunks).
+            dist = (q_sq + pool_sq[None, p0:p0 + p.shape[0]]).addmm_(q_centred, p.T, alpha=-2)
             if q_groups is not None:
                 dist.masked_fill_(q_groups[:, None] != pool_groups[None, p0:p0 + p.shape[0]], float('inf'))
             block_dist, block_idx = dist.min(1)
