@@ -4,8 +4,9 @@ The CPU-sized stand-in for the paper's Colored-MNIST experiment (Lee et al. 2021
 both runs use `--cfg=tiny --aug=noaug` networks (shrunk, see --channels), the same data, budget
 (kimg) and seed; their training steps are interleaved in one process, each with its own RNG
 streams, so both see the same machine load and each draws exactly what a standalone run would.
-Dia's phase 1 is therefore the vanilla run itself (LDR recording does not touch training); the runs
-differ from phase 2 on (the last 20% by default).
+On the CPU, dia's phase 1 is therefore the vanilla run itself (LDR recording does not touch
+training), and the runs differ from phase 2 on (the last 20% by default). On a GPU, nondeterministic
+kernels let the two trajectories drift apart before that (results/dia.md, runs N-V).
 
 Figures (G_ema samples, --samples of each):
   - minority share: the fraction of green samples (colour statistics: an image is green when its
