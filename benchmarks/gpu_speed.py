@@ -105,6 +105,9 @@ def op_cases(device, dtype):
          lambda t, impl: upfirdn2d.upsample2d(t[0], f, impl=impl)),
         ('bias_act lrelu [32,512,8,8]', with_bias(32, 512, 8, 8),
          lambda t, impl: bias_act.bias_act(t[0], t[1], act='lrelu', impl=impl)),
+        # paper256 runs 32x32 and up in fp16 (num_fp16_res=4): its largest fp32 maps are these.
+        ('bias_act lrelu [32,512,16,16] (largest fp32 maps)', with_bias(32, 512, 16, 16),
+         lambda t, impl: bias_act.bias_act(t[0], t[1], act='lrelu', impl=impl)),
     ]
 
 
