@@ -92,7 +92,8 @@ def train_interleaved(vanilla, dia, is_green, probe_kimg=None, probe_samples=100
     probes = []
     while dia.cur_nimg < dia.total_kimg * 1000:
         if probe_kimg and dia.run.crossed_kimg(probe_kimg):
-            sampler = None if hook.scores is None else float(hook.scores.cpu()[is_green].sum() / hook.scores.sum().cpu())
+            scores = None if hook.scores is None else hook.scores.cpu()
+            sampler = None if scores is None else float(scores[is_green].sum() / scores.sum())  # green share drawn
             probes.append(dict(kimg=dia.cur_nimg / 1000, sampler_green=sampler,
                                **{name: green_share(generate(loop.G_ema, probe_samples, 7))
                                   for name, loop in (('vanilla', vanilla), ('dia', dia))}))
@@ -225,11 +226,10 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, lr_sc
     held_imgs = torch.from_numpy(held.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     held_green = torch.from_numpy(held.extras['color'] == 1)
     results = dict(kimg=kimg, num_images=num_images, minority_images=int(is_green.sum()), majority=majority,
-                   resolution=resolution, batch=batch, channels=channels, lr_scale=lr_scale, dia_k=dia_k, dia_clip_min=dia_clip_min,
-                   dia_phase2_kimg=dia_phase2_kimg, dia_clip_ratio=dia_clip_ratio, dia_refresh_kimg=dia_refresh_kimg,
-                   samples=samples,
-                   seed=seed, threads=threads, device=device, machine=f'{platform.machine()}, {os.cpu_count()} cores',
-                   torch=torch.__version__)
+                   resolution=resolution, batch=batch, channels=channels, lr_scale=lr_scale, dia_k=dia_k,
+                   dia_clip_min=dia_clip_min, dia_phase2_kimg=dia_phase2_kimg, dia_clip_ratio=dia_clip_ratio,
+                   dia_refresh_kimg=dia_refresh_kimg, samples=samples, seed=seed, threads=threads, device=device,
+                   machine=f'{platform.machine()}, {os.cpu_count()} cores', torch=torch.__version__)
     # The colour rule on real images (ground truth known).
     predicted = torch.tensor([green_share(img[None]) > 0.5 for img in torch.cat([reals, held_imgs])])
     results['classifier_acc'] = float((predicted == torch.cat([is_green, held_green])).float().mean())
@@ -255,13 +255,13 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, lr_sc
         aux_overhead=hook_sec['train_aux_phase2'] / plain2,
         dia_vs_vanilla_phase1=(step_sec['dia_phase1'] - hook_sec['start_phase2']) / step_sec['vanilla_phase1'] - 1,
         dia_vs_vanilla_phase2=step_sec['dia_phase2'] / step_sec['vanilla_phase2'] - 1)
-    raw_scores, scores, ldrv = (torch.as_tensor(t).cpu() for t in (hook.raw_scores, hook.scores, hook.ldrv))
+    raw_scores, scores, ldrm, ldrv = (torch.as_tensor(t).cpu()
+                                      for t in (hook.raw_scores, hook.scores, hook.ldrm, hook.ldrv))
     greens_in_top = torch.argsort(raw_scores, descending=True)[:int(is_green.sum())]
     results['scores'] = dict(
         green_mean_score=float(scores[is_green].mean()), red_mean_score=float(scores[~is_green].mean()),
         green_mean_ldrv=float(ldrv[is_green].mean()), red_mean_ldrv=float(ldrv[~is_green].mean()),
-        green_mean_ldrm=float(torch.as_tensor(hook.ldrm).cpu()[is_green].mean()),
-        red_mean_ldrm=float(torch.as_tensor(hook.ldrm).cpu()[~is_green].mean()),
+        green_mean_ldrm=float(ldrm[is_green].mean()), red_mean_ldrm=float(ldrm[~is_green].mean()),
         greens_among_top_scores=int(is_green[greens_in_top].sum()),
         green_sampling_share=float(scores[is_green].sum() / scores.sum()))
     print(json.dumps(results['timing'], indent=1), flush=True)
