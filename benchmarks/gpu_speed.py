@@ -4,8 +4,9 @@
     python benchmarks/gpu_speed.py --skip-training      # op timings only, ~1 min
     python benchmarks/gpu_speed.py --methods=none,dia --kimg=2
 
-1. Ops: median time of upfirdn2d / bias_act calls at the sizes a 256x256 paper256 run uses at
-   batch 32, reference path vs CUDA kernels (forward, and forward + backward), fp16 and fp32.
+1. Ops: upfirdn2d / bias_act calls at the sizes a 256x256 paper256 run uses at batch 32, reference
+   path vs CUDA kernels (forward, and forward + backward), fp16 and fp32: the median wall time per
+   call, and the GPU time (the kernels' summed durations, from the profiler).
 2. Training: sec/kimg and peak GPU memory of the paper256 recipe at 256x256, batch 32, on a
    synthetic dataset (toy:colored-digits rendered at 256x256), for plain StyleGAN2 with the
    reference ops and with the CUDA kernels, and for every fairness method (CUDA kernels). Each run
