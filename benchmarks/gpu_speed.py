@@ -70,6 +70,8 @@ def kernel_ms(fn, iters=20, warmup=3):
         torch.cuda.synchronize()
     # The device-side events are the kernels (and memsets/copies) themselves, each with its own interval.
     total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    if total_us <= 0:
+        raise RuntimeError('the profiler recorded no GPU kernels (is CUPTI available?)')
     return total_us / 1e3 / iters
 
 
