@@ -24,10 +24,10 @@ import time
 import click
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REPO, RESOLUTIONS, preset_generator  # noqa: E402
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from _common import RESOLUTIONS, preset_generator  # noqa: E402
 
 
 def sync(device):
@@ -73,9 +73,9 @@ def time_features(cfg, resolution, device, batch, batches, proj_dim):
     sync(device)
     start = time.time()
     for _ in range(batches):
-        out = features()
+        features()
     sync(device)
-    return (time.time() - start) / (batches * batch), out.shape[1]
+    return (time.time() - start) / (batches * batch)
 
 
 @click.command()
@@ -113,7 +113,7 @@ def main(num_queries, pool_factor, dim, world_size, check, cfg, resolution, rend
     print(f'search: {share} queries x {pool_size} candidates in {search_sec:.1f} s, peak +{search_bytes / 2**30:.2f} GiB; '
           f'agrees with brute force on {agree:.1%} of {check} queries', flush=True)
 
-    per_candidate, feat_dim = time_features(cfg, resolution, device, render_batch, render_batches, dim)
+    per_candidate = time_features(cfg, resolution, device, render_batch, render_batches, dim)
     render_sec = per_candidate * pool_size / world_size
     print(f'features ({cfg}, {resolution or RESOLUTIONS[cfg]}x{resolution or RESOLUTIONS[cfg]}): '
           f'{1 / per_candidate:.1f} candidates/s -> {render_sec:.0f} s for this rank\'s {pool_size // world_size} '
