@@ -138,8 +138,10 @@ def alternate_steps(loops, steps, warmup=2):
               help='torch threads (1 is fastest on a shared 2-core machine)')
 @click.option('--device', default='cpu', show_default=True, help='Training device (cuda for a GPU run)')
 @click.option('--seed', type=int, default=0, show_default=True)
+@click.option('--methods', default='vanilla,imle', show_default=True,
+              help='coverage: the models to train (e.g. vanilla alone, to find a size that keeps its modes)')
 def main(workdir, out, parts, kimg, num_images, minority_images, resolution, samples, eval_pool, batch, channels, pool_factor, pairs,
-         interval, cost_steps, lpips_backbone, threads, device, seed):
+         interval, cost_steps, lpips_backbone, threads, device, seed, methods):
     from stylegan2_fair.lpips_features import LPIPSBackboneMissing, LPIPSFeatures, load_lpips
     from stylegan2_fair.toy_data import make_toy
     torch.set_num_threads(threads)
@@ -173,7 +175,12 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
                     data=dict(zip(('modes', 'kl'), mode_stats(data.labels))),
                     data_classified=dict(zip(('modes', 'kl'), mode_stats(read))))
         rematch_sec = []
+        methods = [m.strip() for m in methods.split(',') if m.strip()]
+        if not methods or set(methods) - {'vanilla', 'imle'}:
+            raise click.BadParameter('give vanilla, imle or both', param_hint='--methods')
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
+            if method not in methods:
+                continue
             loop = make_tiny_loop(stacked, os.path.join(workdir, f'stacked-{method}'), kimg, seed,
                              'imle' if method == 'imle' else 'none', kwargs, device, **size)
             if method == 'imle':
@@ -182,7 +189,9 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
             modes, kl = mode_stats(read_modes(generate(loop.G_ema, samples, seed + 2)))
             part[method] = dict(modes=modes, kl=kl, train_sec=seconds)
             print(method, part[method], flush=True)
-        part.update(rematch_sec=rematch_sec[0], pool_size=loop.hooks[0].pool_size, minutes=(time.time() - start) / 60)
+        if 'imle' in methods:
+            part.update(rematch_sec=rematch_sec[0], pool_size=loop.hooks[0].pool_size)
+        part['minutes'] = (time.time() - start) / 60
         results['coverage'] = part
 
     if 'cost' in parts:  # 2. Cost, steps alternated so that both see the same machine load.
@@ -223,7 +232,8 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
     results['commands'] = dict(results.get('commands', {}), **{p: ' '.join(['python'] + sys.argv) for p in parts})
     with open(results_path, 'w') as f:
         json.dump(results, f, indent=2)
-    if all(k in results for k in ('coverage', 'cost', 'minority')):
+    if all(k in results for k in ('coverage', 'cost', 'minority')) and 'imle' in results['coverage'] \
+            and 'vanilla' in results['coverage']:
         write_report(out, results)
     else:
         print(f'{results_path} lacks some parts; run them to write {out}')

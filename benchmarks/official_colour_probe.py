@@ -1,0 +1,120 @@
+"""Is the colour collapse ours or StyleGAN2's? The official training loop and ours, same config, same data.
+
+    python benchmarks/official_colour_probe.py --official=DIR --majority=0.5 --kimg=16   # ~6 min, one CPU core
+
+Trains the official `training.training_loop.training_loop` (a checkout of NVlabs/stylegan2-ada-pytorch in
+DIR, run on the CPU) with the kwargs our `--cfg=tiny --aug=noaug` builds, then our TrainingLoop with the
+same kwargs, on `toy:colored-digits`, and prints the green share of 1000 samples of each model's G and
+G_ema every --every kimg, side by side. The official loop is read from its snapshots (written every
+tick, read with our loader); ours is measured in-process.
+
+The official loop hard-codes CUDA (its device, timing events, peak-memory stats, pinned batches).
+Four stand-ins make it run on the CPU, and nothing else changes: its module's `torch` is seen through
+a proxy whose `device()` is the CPU and whose `cuda` has no events and reports 0 bytes; `pin_memory()`
+returns the tensor. Its ops then take their reference paths, as ours do on the CPU.
+"""
+import glob
+import os
+import sys
+import types
+
+import click
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from _common import generate, make_tiny_loop  # noqa: E402
+from dia_colored_digits import green_share  # noqa: E402
+
+
+def official_loop_on_cpu(official):
+    """The official training_loop function, its CUDA-only calls replaced by CPU stand-ins."""
+    sys.path.insert(0, os.path.abspath(official))
+    torch.utils.data.Sampler.__init__ = lambda self, *args, **kwargs: None  # torch >= 2.2 (see _official_train.py)
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
+    try:
+        from training import training_loop
+    except ImportError as e:
+        raise SystemExit(f'--official={official}: cannot import training.training_loop ({e}). Give a checkout '
+                         'of NVlabs/stylegan2-ada-pytorch; it also needs `requests` and `psutil` installed.')
+    cpu_torch = types.SimpleNamespace(**vars(torch))
+    cpu_torch.device = lambda *args, **kwargs: torch.device('cpu')
+    cpu_torch.cuda = types.SimpleNamespace(Event=lambda **kwargs: None, max_memory_allocated=lambda *args: 0,
+                                           reset_peak_memory_stats=lambda *args: None)
+    training_loop.torch = cpu_torch
+    return training_loop.training_loop
+
+
+def snapshot_shares(run_dir, samples, seed):
+    """{kimg: (G share, G_ema share)} for every network snapshot the official loop wrote."""
+    from stylegan2_fair.checkpoint import load_network_pkl
+    shares = {}
+    for pkl in sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl'))):
+        nets = load_network_pkl(pkl)
+        kimg = int(os.path.basename(pkl)[len('network-snapshot-'):-len('.pkl')])
+        shares[kimg] = tuple(green_share(generate(nets[name], samples, seed)) for name in ('G', 'G_ema'))
+    return shares
+
+
+@click.command()
+@click.option('--official', required=True, metavar='DIR', help='a checkout of NVlabs/stylegan2-ada-pytorch')
+@click.option('--workdir', default='/tmp/official-colour-probe', show_default=True)
+@click.option('--majority', type=float, default=0.5, show_default=True, help='share of red digits')
+@click.option('--num-images', type=int, default=1000, show_default=True)
+@click.option('--channels', type=int, default=64, show_default=True, help='channel_max of G and D (base = 8x)')
+@click.option('--batch', type=int, default=16, show_default=True)
+@click.option('--kimg', type=int, default=16, show_default=True)
+@click.option('--every', type=int, default=1, show_default=True, help='kimg between measurements')
+@click.option('--samples', type=int, default=1000, show_default=True)
+@click.option('--seed', type=int, default=0, show_default=True)
+@click.option('--threads', type=int, default=1, show_default=True)
+def main(official, workdir, majority, num_images, channels, batch, kimg, every, samples, seed, threads):
+    from stylegan2_fair.cli.dataset_tool import convert_dataset
+    torch.set_num_threads(threads)
+    training_loop = official_loop_on_cpu(official)
+    os.makedirs(workdir, exist_ok=True)
+    data = os.path.join(workdir, f'colored-digits-{num_images}-{majority}.zip')
+    convert_dataset('toy:colored-digits', data, num_images=num_images, resolution=16, seed=seed,
+                    majority=majority, progress=False, overwrite=True)
+
+    ours = make_tiny_loop(data, os.path.join(workdir, 'ours'), kimg, seed, 'none', {}, batch=batch, channels=channels)
+    args = {k: getattr(ours, k) for k in OFFICIAL_ARGS}
+    args['G_kwargs'] = dict(args['G_kwargs'], class_name='training.networks.Generator')
+    args['D_kwargs'] = dict(args['D_kwargs'], class_name='training.networks.Discriminator')
+    args['loss_kwargs'] = dict(args['loss_kwargs'], class_name='training.loss.StyleGAN2Loss')
+    official_dir = os.path.join(workdir, 'official')
+    os.makedirs(official_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(official_dir, 'network-snapshot-*.pkl')):
+        os.remove(stale)
+    training_loop(run_dir=official_dir, **args,
+                  data_loader_kwargs=dict(pin_memory=False, num_workers=0), kimg_per_tick=every,
+                  image_snapshot_ticks=None, network_snapshot_ticks=1, cudnn_benchmark=False)
+    official_shares = snapshot_shares(official_dir, samples, seed + 1)
+
+    ours.setup()
+    our_shares = {}
+    while True:
+        if ours.cur_nimg >= len(our_shares) * every * 1000:
+            our_shares[len(our_shares) * every] = tuple(green_share(generate(net, samples, seed + 1))
+                                                        for net in (ours.G, ours.G_ema))
+        if ours.cur_nimg >= kimg * 1000:
+            break
+        ours._step()
+
+    print(f'\ndata: {100 * (1 - majority):.1f}% green, {num_images} images at 16x16; {channels} channels, batch {batch}, '
+          f'R1 gamma {args["loss_kwargs"]["r1_gamma"]:g}; green share of {samples} samples')
+    print('kimg  official G  official G_ema  ours G  ours G_ema')
+    for k in sorted(set(official_shares) | set(our_shares)):
+        cells = [f'{100 * v:.1f}%' for v in official_shares.get(k, (float('nan'),) * 2) + our_shares.get(k, (float('nan'),) * 2)]
+        print(f'{k:4d}  {cells[0]:>10}  {cells[1]:>14}  {cells[2]:>6}  {cells[3]:>10}')
+
+
+# The official training_loop's arguments that our TrainingLoop kwargs carry under the same names.
+OFFICIAL_ARGS = ('training_set_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'augment_kwargs',
+                 'loss_kwargs', 'random_seed', 'batch_size', 'batch_gpu', 'ema_kimg', 'ema_rampup', 'augment_p',
+                 'ada_target', 'total_kimg')
+
+
+if __name__ == '__main__':
+    main()
