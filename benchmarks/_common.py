@@ -39,10 +39,11 @@ def generate(G, n, seed, batch=256):
 
 
 def make_tiny_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu', batch=None, channels=None,
-                   lr_scale=1.0):
+                   lr_scale=1.0, mbstd=None):
     """A TrainingLoop as `train.py --cfg=tiny --aug=noaug --workers=0` builds it, in this process;
     hook_kwargs without the method prefix ({'k': 1} for --dia-k=1); channels: channel_max of G and D
-    (channel_base 8x it) instead of the preset's; lr_scale as --lr-scale."""
+    (channel_base 8x it) instead of the preset's; lr_scale as --lr-scale; mbstd: D's minibatch-std group
+    size instead of the preset's 4 (capped at the batch, as a group must divide it)."""
     import training_hooks
     from stylegan2_fair.cli.train import setup_training_options
     from stylegan2_fair.training_loop import TrainingLoop
@@ -53,6 +54,8 @@ def make_tiny_loop(data, run_dir, kimg, seed, method, hook_kwargs, device='cpu',
     if channels is not None:
         args['G_kwargs']['synthesis_kwargs'].update(channel_base=8 * channels, channel_max=channels)
         args['D_kwargs'].update(channel_base=8 * channels, channel_max=channels)
+    if mbstd is not None:
+        args['D_kwargs']['epilogue_kwargs']['mbstd_group_size'] = min(mbstd, args['batch_gpu'])
     hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
     kwargs = {k: v for k, v in args.items() if k not in ('num_gpus', 'fair_method', 'hook_kwargs', 'device')}
     return TrainingLoop(run_dir=run_dir, hooks=hooks, device=device, progress=False, **kwargs)

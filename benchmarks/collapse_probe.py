@@ -32,6 +32,7 @@ from _common import generate, make_tiny_loop  # noqa: E402
 @click.option('--channels', type=int, default=64, show_default=True, help='channel_max of G and D (base = 8x)')
 @click.option('--batch', type=int, default=16, show_default=True)
 @click.option('--lr-scale', type=float, default=1.0, show_default=True)
+@click.option('--mbstd', type=int, help="D's minibatch-std group size [default: the tiny preset's 4]")
 @click.option('--gamma', type=float, help='R1 weight [default: the tiny preset\'s]')
 @click.option('--kimg', type=int, default=16, show_default=True)
 @click.option('--every', type=float, default=2, show_default=True, help='kimg between measurements')
@@ -43,7 +44,7 @@ from _common import generate, make_tiny_loop  # noqa: E402
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--threads', type=int, default=1, show_default=True)
 @click.option('--device', default='cpu', show_default=True)
-def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_scale, gamma, kimg, every, samples,
+def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_scale, mbstd, gamma, kimg, every, samples,
          fair_method, dia_phase2_kimg, dia_refresh_kimg, dia_clip_min, seed, threads, device):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     torch.set_num_threads(threads)
@@ -56,7 +57,7 @@ def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_sca
         options = dict(phase2_kimg=dia_phase2_kimg, refresh_kimg=dia_refresh_kimg, clip_min=dia_clip_min)
         options = {k: v for k, v in options.items() if v is not None}
     loop = make_tiny_loop(data, os.path.join(workdir, 'run'), kimg, seed, fair_method, options, batch=batch,
-                          channels=channels, lr_scale=lr_scale, device=device)
+                          channels=channels, lr_scale=lr_scale, device=device, mbstd=mbstd)
     loop.setup()
     if gamma is not None:
         loop.loss.r1_gamma = gamma
@@ -77,7 +78,8 @@ def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_sca
         def measure():
             modes, kl = mode_stats(read_modes(generate(loop.G_ema, samples, seed + 2)))
             return f'{modes:13d}  {kl:.3f}'
-    print(f'{channels} channels, batch {batch}, lr x{lr_scale:g}, R1 gamma {loop.loss.r1_gamma:g}, {fair_method}')
+    print(f'{channels} channels, batch {batch}, mbstd group {loop.D.b4.mbstd.group_size}, lr x{lr_scale:g}, '
+          f'R1 gamma {loop.loss.r1_gamma:g}, {fair_method}')
     print(header)
     due = 0.0
     while True:
