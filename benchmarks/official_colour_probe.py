@@ -6,7 +6,8 @@ Trains the official `training.training_loop.training_loop` (a checkout of NVlabs
 DIR, run on the CPU) with the kwargs our `--cfg=tiny --aug=noaug` builds, then our TrainingLoop with the
 same kwargs, on `toy:colored-digits`, and prints the green share of 1000 samples of each model's G and
 G_ema every --every kimg, side by side. The official loop is read from its snapshots (written every
-tick, read with our loader); ours is measured in-process.
+tick, read with our loader); ours is measured in-process. It first checks that both codes build the same
+initial weights from the same torch seed (the loops themselves draw in a different order).
 
 The official loop hard-codes CUDA (its device, timing events, peak-memory stats, pinned batches).
 Four stand-ins make it run on the CPU, and nothing else changes: its module's `torch` is seen through
@@ -46,6 +47,21 @@ def official_loop_on_cpu(official):
     return training_loop.training_loop
 
 
+def same_initial_weights(G_kwargs, D_kwargs, common, seeds=range(12)):
+    """Do the official networks and ours start from the same weights for the same torch seed?"""
+    from training import networks as official_networks
+    from stylegan2_fair import networks
+    for seed in seeds:
+        states = []
+        for module in (official_networks, networks):
+            torch.manual_seed(seed)
+            states.append({**module.Generator(**G_kwargs, **common).state_dict(),
+                           **{'D.' + k: v for k, v in module.Discriminator(**D_kwargs, **common).state_dict().items()}})
+        if states[0].keys() != states[1].keys() or not all(torch.equal(states[0][k], states[1][k]) for k in states[0]):
+            return False
+    return True
+
+
 def snapshot_shares(run_dir, samples, seed):
     """{kimg: (G share, G_ema share)} for every network snapshot the official loop wrote."""
     from stylegan2_fair.checkpoint import load_network_pkl
@@ -83,6 +99,9 @@ def main(official, workdir, majority, num_images, channels, batch, kimg, every, 
     args['G_kwargs'] = dict(args['G_kwargs'], class_name='training.networks.Generator')
     args['D_kwargs'] = dict(args['D_kwargs'], class_name='training.networks.Discriminator')
     args['loss_kwargs'] = dict(args['loss_kwargs'], class_name='training.loss.StyleGAN2Loss')
+    common = dict(c_dim=0, img_resolution=16, img_channels=3)
+    nets = [{k: v for k, v in args[name].items() if k != 'class_name'} for name in ('G_kwargs', 'D_kwargs')]
+    print(f'same initial weights as the official networks for torch seeds 0-11: {same_initial_weights(*nets, common)}')
     official_dir = os.path.join(workdir, 'official')
     os.makedirs(official_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(official_dir, 'network-snapshot-*.pkl')):
