@@ -48,10 +48,8 @@ def latest(folder, pattern_prefix, suffix):
     return os.path.join(folder, names[-1])
 
 
-def dia_sampler_shares(scores_npz, data):
-    """Each class's share of dia's phase-2 sampling weights (the latest scores it wrote)."""
-    from stylegan2_fair.dataset import ImageFolderDataset
-    dataset = ImageFolderDataset(data, use_labels=True)
+def dia_sampler_shares(scores_npz, dataset):
+    """Each class's share of dia's phase-2 sampling weights (the latest scores it wrote); dataset with labels."""
     scores = np.load(scores_npz)
     weights = np.zeros(len(dataset))
     weights[scores['index']] = scores['score']
@@ -116,7 +114,7 @@ def main(workdir, out, kimg, num_images, imbalance, num_sets, set_size, fair_wei
     classifier = create_classifier(f'labels:{clf_path}')
 
     # Reference: the training set as the classifier sees it.
-    dataset = ImageFolderDataset(data)
+    dataset = ImageFolderDataset(data, use_labels=True)  # labels: the class shares of dia's sampler
     probs = classify_dataset(dataset, classifier, 'cpu')
     data_shares = (torch.bincount(probs.argmax(1), minlength=10).double() / len(probs)).numpy()
     rows = [dict(method='training data', fairness=fairness_discrepancy(data_shares), std=0.0, shares=data_shares,
@@ -143,7 +141,7 @@ def main(workdir, out, kimg, num_images, imbalance, num_sets, set_size, fair_wei
                          cmd=' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:])))
         print(f'{name}: fairness {result["fairness_mean"]:.4f} +- {result["fairness_std"]:.4f}', flush=True)
         if key == 'dia':  # what D's diagnosis fed D: the phase-2 sampler's share of each class
-            rows[-1]['sampler_shares'] = dia_sampler_shares(latest(run_dir, 'dia-scores-', '.npz'), data)
+            rows[-1]['sampler_shares'] = dia_sampler_shares(latest(run_dir, 'dia-scores-', '.npz'), dataset)
     total = time.time() - t_all
 
     ctx = dict(methods=','.join(methods[1:]), dia_flags=' '.join(dia_flags) if 'dia' in methods else '',

@@ -33,6 +33,12 @@ from _common import generate, make_tiny_loop  # noqa: E402
 from dia_colored_digits import green_share  # noqa: E402
 
 
+# The official training_loop's arguments that our TrainingLoop kwargs carry under the same names.
+OFFICIAL_ARGS = ('training_set_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'augment_kwargs',
+                 'loss_kwargs', 'random_seed', 'batch_size', 'batch_gpu', 'ema_kimg', 'ema_rampup', 'augment_p',
+                 'ada_target', 'total_kimg')
+
+
 def official_loop_on_cpu(official):
     """The official training_loop function, its CUDA-only calls replaced by CPU stand-ins."""
     sys.path.insert(0, os.path.abspath(official))
@@ -148,12 +154,6 @@ def main(official, workdir, toy, majority, num_images, channels, batch, kimg, ev
     for k in sorted(set(official_cells) | set(our_cells)):
         cells = official_cells.get(k, ['-'] * 2) + our_cells.get(k, ['-'] * 2)
         print(f'{k:4d}  ' + '  '.join(f'{c:>20}' for c in cells[:2]) + '  ' + '  '.join(f'{c:>16}' for c in cells[2:]))
-
-
-# The official training_loop's arguments that our TrainingLoop kwargs carry under the same names.
-OFFICIAL_ARGS = ('training_set_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'augment_kwargs',
-                 'loss_kwargs', 'random_seed', 'batch_size', 'batch_gpu', 'ema_kimg', 'ema_rampup', 'augment_p',
-                 'ada_target', 'total_kimg')
 
 
 if __name__ == '__main__':
