@@ -144,6 +144,9 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
          interval, cost_steps, lpips_backbone, threads, device, seed, methods):
     from stylegan2_fair.lpips_features import LPIPSBackboneMissing, LPIPSFeatures, load_lpips
     from stylegan2_fair.toy_data import make_toy
+    methods = [m.strip() for m in methods.split(',') if m.strip()]
+    if not methods or set(methods) - {'vanilla', 'imle'}:
+        raise click.BadParameter('give vanilla, imle or both', param_hint='--methods')
     torch.set_num_threads(threads)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, 'results.json')
@@ -175,9 +178,6 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
                     data=dict(zip(('modes', 'kl'), mode_stats(data.labels))),
                     data_classified=dict(zip(('modes', 'kl'), mode_stats(read))))
         rematch_sec = []
-        methods = [m.strip() for m in methods.split(',') if m.strip()]
-        if not methods or set(methods) - {'vanilla', 'imle'}:
-            raise click.BadParameter('give vanilla, imle or both', param_hint='--methods')
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
             if method not in methods:
                 continue
