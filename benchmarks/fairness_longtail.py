@@ -128,7 +128,7 @@ def main(workdir, out, kimg, num_images, imbalance, num_sets, set_size, fair_wei
                '--aug=noaug', '--workers=0', f'--snap={10 * kimg}', f'--seed={seed}', '--device=cpu'] + flags
         if key in CLASSIFIER_METHODS:
             cmd.append(f'--classifier=labels:{clf_path}')
-        if name == 'fairness loss':
+        if key == 'fairness':
             cmd.append(f'--fair-weight={fair_weight}')
         seconds, _ = run(cmd, env, os.path.join(workdir, f'train-{name.replace(" ", "-")}.log'))
         run_dir = os.path.join(outdir, sorted(os.listdir(outdir))[-1])

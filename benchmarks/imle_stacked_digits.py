@@ -177,6 +177,11 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         part = dict(setup, classifier_accuracy=float((read == data.labels).mean()),
                     data=dict(zip(('modes', 'kl'), mode_stats(data.labels))),
                     data_classified=dict(zip(('modes', 'kl'), mode_stats(read))))
+        # A one-model run keeps the other model's figures from an earlier run of the same setup.
+        earlier = results.get('coverage', {})
+        if all(earlier.get(k) == v for k, v in json.loads(json.dumps(setup)).items()):
+            kept = [m for m in ('vanilla', 'imle') if m not in methods and m in earlier]
+            part.update({k: earlier[k] for k in kept + (['rematch_sec', 'pool_size'] if 'imle' in kept else [])})
         rematch_sec = []
         for method, kwargs in (('vanilla', {}), ('imle', imle_kwargs)):
             if method not in methods:
