@@ -34,6 +34,9 @@ from _common import generate, make_tiny_loop  # noqa: E402
 @click.option('--lr-scale', type=float, default=1.0, show_default=True)
 @click.option('--mbstd', type=int, help="D's minibatch-std group size [default: the tiny preset's 4]")
 @click.option('--gamma', type=float, help='R1 weight [default: the tiny preset\'s]')
+@click.option('--pl-weight', type=float, help='Path length regularisation weight [default: the tiny preset\'s 2]')
+@click.option('--mapping-lr', type=float, help='Learning-rate multiplier of the mapping network [default: 0.01]')
+@click.option('--style-mixing', type=float, help='Style mixing probability [default: the tiny preset\'s 0.9]')
 @click.option('--kimg', type=int, default=16, show_default=True)
 @click.option('--every', type=float, default=2, show_default=True, help='kimg between measurements')
 @click.option('--samples', type=int, default=None, help='Samples per measurement [default: 1000 colored, 5000 stacked]')
@@ -44,7 +47,7 @@ from _common import generate, make_tiny_loop  # noqa: E402
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--threads', type=int, default=1, show_default=True)
 @click.option('--device', default='cpu', show_default=True)
-def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_scale, mbstd, gamma, kimg, every, samples,
+def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_scale, mbstd, gamma, pl_weight, mapping_lr, style_mixing, kimg, every, samples,
          fair_method, dia_phase2_kimg, dia_refresh_kimg, dia_clip_min, seed, threads, device):
     from stylegan2_fair.cli.dataset_tool import convert_dataset
     torch.set_num_threads(threads)
@@ -58,9 +61,15 @@ def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_sca
         options = {k: v for k, v in options.items() if v is not None}
     loop = make_tiny_loop(data, os.path.join(workdir, 'run'), kimg, seed, fair_method, options, batch=batch,
                           channels=channels, lr_scale=lr_scale, device=device, mbstd=mbstd)
+    if mapping_lr is not None:
+        loop.G_kwargs['mapping_kwargs']['lr_multiplier'] = mapping_lr
     loop.setup()
     if gamma is not None:
         loop.loss.r1_gamma = gamma
+    if pl_weight is not None:
+        loop.loss.pl_weight = pl_weight
+    if style_mixing is not None:
+        loop.loss.style_mixing_prob = style_mixing
     if toy == 'colored-digits':
         from dia_colored_digits import green_share
         samples = samples or 1000
@@ -79,7 +88,8 @@ def main(workdir, toy, majority, num_images, resolution, channels, batch, lr_sca
             modes, kl = mode_stats(read_modes(generate(loop.G_ema, samples, seed + 2)))
             return f'{modes:13d}  {kl:.3f}'
     print(f'{channels} channels, batch {batch}, mbstd group {loop.D.b4.mbstd.group_size}, lr x{lr_scale:g}, '
-          f'R1 gamma {loop.loss.r1_gamma:g}, {fair_method}')
+          f'R1 gamma {loop.loss.r1_gamma:g}, path length weight {loop.loss.pl_weight:g}, '
+          f'style mixing {loop.loss.style_mixing_prob:g}, mapping lr x{loop.G.mapping.fc0.bias_gain:g}, {fair_method}')
     print(header)
     due = 0.0
     while True:
