@@ -153,6 +153,28 @@ def test_cli_dry_run_and_fair_method_listing(tmp_path, toy_zip):
     assert result.exit_code != 0 and "unknown fair method 'nosuch'" in result.output
 
 
+def unlabeled_copy(toy_zip, path, dataset_json=True):
+    """toy_zip with labels=None in dataset.json, or with no dataset.json at all."""
+    import zipfile
+    with zipfile.ZipFile(toy_zip) as src, zipfile.ZipFile(path, 'w') as dst:
+        for name in src.namelist():
+            if name != 'dataset.json':
+                dst.writestr(name, src.read(name))
+            elif dataset_json:
+                dst.writestr(name, json.dumps(dict(labels=None)))
+    return str(path)
+
+
+@pytest.mark.parametrize('dataset_json', [True, False], ids=['labels-null', 'no-dataset-json'])
+def test_unconditional_training_takes_a_dataset_without_labels(tmp_path, toy_zip, dataset_json):
+    data = unlabeled_copy(toy_zip, tmp_path / 'unlabeled.zip', dataset_json)
+    result = CliRunner().invoke(train, ['--outdir', str(tmp_path / 'out'), '--data', data, '--cfg=tiny', '-n'])
+    assert result.exit_code == 0, result.output
+    assert '"use_labels": false' in result.output
+    _, args = setup_training_options(data=data, cfg='tiny', workers=0, device='cpu')
+    assert args['training_set_kwargs']['use_labels'] is False
+
+
 @pytest.mark.parametrize('case', ['missing', 'corrupt', 'cond-without-labels', 'outdir-is-file', 'bad-gpus'])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_zip, case):
     outdir = tmp_path / 'out'
@@ -166,12 +188,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_zip, case):
         bad.write_bytes(b'not a zip at all')
         args[3] = str(bad)
     elif case == 'cond-without-labels':
-        import zipfile
-        unlabeled = tmp_path / 'unlabeled.zip'
-        with zipfile.ZipFile(toy_zip) as src, zipfile.ZipFile(unlabeled, 'w') as dst:
-            for name in src.namelist():
-                dst.writestr(name, json.dumps(dict(labels=None)) if name == 'dataset.json' else src.read(name))
-        args[3] = str(unlabeled)
+        args[3] = unlabeled_copy(toy_zip, tmp_path / 'unlabeled.zip')
         args.append('--cond=1')
     elif case == 'outdir-is-file':
         outdir.write_text('precious')

@@ -8,8 +8,12 @@ never imports a hook. Everything a hook may read or do goes through `run` (see
 few actions it may take (report a stat, ask for a new sampler, gather across ranks, build a
 data stream).
 
-Contracts, in the order they run:
+"Contracts, in the order they run:
 
+    check_dataset(training_set)     in train.py, before any run dir exists, with the dataset the
+                                    loop will open: raise ValueError naming the problem and the
+                                    fix if this dataset cannot serve the hook (e.g. an unknown
+                                    attribute). Must be cheap: no networks, no training.
     setup(run)                      once, after networks, dataset and options exist and before
                                     the first step. May create extra networks/optimisers/data
                                     streams. Must not change G or D.
@@ -129,6 +133,9 @@ class TrainingHook:
 
     name: str = None
     cli_options: list = []  # click.option(...) decorators for train.py, e.g. --dia-k
+
+    def check_dataset(self, training_set) -> None:
+        pass
 
     def setup(self, run) -> None:
         pass

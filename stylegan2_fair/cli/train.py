@@ -77,22 +77,18 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
     # Dataset: open it once here, so a bad path or format fails before the run dir exists.
     if not os.path.exists(data):
         raise UserError(f'--data={data}: no such file or folder. Build a dataset with dataset_tool.py first.')
-    training_set_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True,
+    # Labels are read only for --cond=1: unconditional training takes datasets without them.
+    training_set_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=bool(cond),
                                max_size=None, xflip=False)
     try:
-        training_set = ImageFolderDataset(path=data, use_labels=True)
+        training_set = ImageFolderDataset(path=data, use_labels=bool(cond))
     except Exception as e:
         raise UserError(f'--data={data}: {e}') from e
     training_set_kwargs['resolution'] = training_set.resolution
-    training_set_kwargs['use_labels'] = training_set.has_labels
     training_set_kwargs['max_size'] = len(training_set)
     desc = training_set.name
     if cond:
-        if not training_set.has_labels:
-            raise UserError('--cond=1 requires labels in dataset.json; add them with dataset_tool.py or use --cond=0')
         desc += '-cond'
-    else:
-        training_set_kwargs['use_labels'] = False
     if subset is not None:
         if not 1 <= subset <= training_set_kwargs['max_size']:
             raise UserError(f'--subset must be between 1 and {training_set_kwargs["max_size"]}')
@@ -545,8 +541,13 @@ def train(outdir, dry_run, dist_timeout, **kwargs):
     desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
     if dry_run and not is_rank0:
         return
-    try:  # build the hooks once here, so a bad method option fails before any run dir exists
-        training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+    try:  # build the hooks once here, so a bad method option or dataset fails before any run dir exists
+        hooks = training_hooks.create_hooks(args['fair_method'], args['hook_kwargs'])
+        if hooks:
+            from ..dataset import open_dataset
+            training_set = open_dataset(**args['training_set_kwargs'])
+            for hook in hooks:
+                hook.check_dataset(training_set)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         raise UserError(f'--fair-method={args["fair_method"]}: {e}') from e
     if env is not None and env[1] == 1:
