@@ -40,6 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from _common import generate, make_tiny_loop  # noqa: E402
+from stylegan2_fair.fileio import atomic_write_text  # noqa: E402
 
 
 class RngSlot:
@@ -318,8 +319,7 @@ def main(workdir, kimg, num_images, majority, resolution, batch, channels, lr_sc
               f'dia {t["dia_sec_per_kimg"]:.1f} s/kimg']
     results['table'] = '\n'.join(lines)
     print(results['table'])
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+    atomic_write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=1))
 
 
 if __name__ == '__main__':

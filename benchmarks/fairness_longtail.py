@@ -44,8 +44,9 @@ CLASSIFIER_METHODS = ('reweight', 'fairness')  # the others never see the classi
 
 
 def latest(folder, pattern_prefix, suffix):
-    names = sorted(n for n in os.listdir(folder) if n.startswith(pattern_prefix) and n.endswith(suffix))
-    return os.path.join(folder, names[-1])
+    """The newest file named prefix...suffix (by time written: refreshes within a kimg share its number)."""
+    paths = [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(pattern_prefix) and n.endswith(suffix)]
+    return max(paths, key=os.path.getmtime)
 
 
 def dia_sampler_shares(scores_npz, dataset):

@@ -11,6 +11,7 @@ because the main D saw score-weighted data in phase 2.
 """
 import collections
 import dataclasses
+import math
 from typing import Optional
 
 import torch
@@ -71,14 +72,26 @@ def _labels_for(G, c, n, device):
     return c
 
 
+class DrsStalled(RuntimeError):
+    """DRS accepted too few proposals to fill the request within max_proposals."""
+
+
+BURN_IN_FAKES = 50 * 256  # the authors' burn-in: 50 batches of 256 fakes
+
+
+def burn_in_batches(fakes, batch):
+    """How many batches of `batch` proposals cover `fakes` burn-in fakes (at least one)."""
+    return max(1, math.ceil(fakes / batch))
+
+
 @torch.no_grad()
 def drs_sample(G, D, n, c=None, percentile=80.0, batch=64, truncation_psi=1, noise_mode='const',
-               generator: Optional[torch.Generator] = None, burn_in=50, eps=1e-6, max_proposals=None,
+               generator: Optional[torch.Generator] = None, burn_in=BURN_IN_FAKES, eps=1e-6, max_proposals=None,
                device=None, verbose=False):
     """Draw `n` images from G, keeping each fake with the DRS acceptance probability under D.
 
-    D_max starts as the max logit over `burn_in` x `batch` fakes (Dia-GAN: 50 x batch), then is a
-    running max. Latents and acceptance draws come from `generator` (a CPU torch.Generator; the
+    D_max starts as the max logit over `burn_in` fakes (Dia-GAN: 50 x 256), proposed `batch` at a
+    time, then is a running max. Latents and acceptance draws come from `generator` (a CPU torch.Generator; the
     global RNG when None), so a seeded generator gives the same images on any device. With
     [n, c_dim] labels, output i carries label i (fakes are proposed with the labels still missing).
     `batch` must be divisible by D's minibatch-std group size. Returns a DrsResult.
@@ -106,7 +119,7 @@ def drs_sample(G, D, n, c=None, percentile=80.0, batch=64, truncation_psi=1, noi
 
     cycle = lambda pool: pool[torch.arange(batch) % len(pool)]
     d_max = -float('inf')
-    for _ in range(burn_in):
+    for _ in range(burn_in_batches(burn_in, batch)):
         d_max = max(d_max, float(propose(cycle(torch.arange(n)))[3].max()))
 
     # Slots waiting for an image, per label: an accepted fake fills the oldest open slot of its label.
@@ -118,7 +131,7 @@ def drs_sample(G, D, n, c=None, percentile=80.0, batch=64, truncation_psi=1, noi
     proposed = accepted = 0
     while bool(is_open.any()):
         if proposed >= max_proposals:
-            raise RuntimeError(f'DRS filled only {n - int(is_open.sum())} of {n} images in {proposed} proposals; '
+            raise DrsStalled(f'DRS filled only {n - int(is_open.sum())} of {n} images in {proposed} proposals; '
                                f'lower the percentile (now {percentile}) to accept more')
         slots = cycle(torch.nonzero(is_open).flatten())
         z, lab, img, logits = propose(slots)

@@ -248,7 +248,7 @@ class CandidateGenerator:
 
     def __init__(self, G, truncation_psi=1, truncation_cutoff=None, trunc_mode='global', centroids=None,
                  classifier=None, keep_class=True, noise_mode='const', label_fn=None, drs_D=None, drs_percentile=80.0,
-                 drs_burn_in=50, batch=64, generator=None, device=None):
+                 drs_burn_in=None, batch=64, generator=None, device=None):
         if trunc_mode not in ('global', 'class'):
             raise ValueError(f"trunc_mode must be 'global' or 'class', got {trunc_mode!r}")
         if trunc_mode == 'class' and truncation_psi != 1 and (classifier is None or centroids is None):
@@ -318,9 +318,11 @@ class CandidateGenerator:
             z, c, images = self._draw(self.batch)
             return images, c
         from .drs import drs_acceptance
-        if self.drs_d_max is None:   # burn-in, once: D_max starts as the max logit over drs_burn_in batches
+        if self.drs_d_max is None:   # burn-in, once: D_max starts as the max logit over drs_burn_in fakes
+            from .drs import BURN_IN_FAKES, burn_in_batches
             self.drs_d_max = -float('inf')
-            for _ in range(self.drs_burn_in):
+            fakes = BURN_IN_FAKES if self.drs_burn_in is None else self.drs_burn_in
+            for _ in range(burn_in_batches(fakes, self.batch)):
                 _, c, images = self._draw(self.batch)
                 self.drs_d_max = max(self.drs_d_max, float(self.drs_D(images, c.to(self.device)).max()))
         _, c, images = self._draw(self.batch)

@@ -1,5 +1,9 @@
 """StyleGAN2 loss: non-saturating logistic loss with R1 and path-length regularisation.
 
+`gan_loss='hinge'` swaps the adversarial terms for the hinge loss (Lim & Ye 2017; Miyato et al.
+2018): D minimises relu(1 - D(x)) + relu(1 + D(G(z))), G minimises -D(G(z)). The official code
+has only the non-saturating loss; the hinge loss is here for Dia-HingeGAN (training_hooks/dia.py).
+
 Phases follow the official loop: 'Gmain' (adversarial), 'Greg' (path length), 'Gboth'
 (both, when G is not lazily regularised), and 'Dmain' / 'Dreg' (R1) / 'Dboth'. After the
 built-in terms of a phase, `extra_loss_fn(phase, PhaseBatch)` returns the training hooks'
@@ -13,9 +17,15 @@ from training_hooks.base import PhaseBatch
 from .stats import report
 
 
+GAN_LOSSES = ('ns', 'hinge')
+
+
 class StyleGAN2Loss:
     def __init__(self, device, G, D, augment_pipe=None, style_mixing_prob=0.9, r1_gamma=10,
-                 pl_batch_shrink=2, pl_decay=0.01, pl_weight=2, extra_loss_fn=None):
+                 pl_batch_shrink=2, pl_decay=0.01, pl_weight=2, gan_loss='ns', extra_loss_fn=None):
+        if gan_loss not in GAN_LOSSES:
+            raise ValueError(f'unknown gan_loss {gan_loss!r}; choose one of {", ".join(GAN_LOSSES)}')
+        self.gan_loss = gan_loss
         self.device = device
         self.G = G
         self.D = D
@@ -48,6 +58,16 @@ class StyleGAN2Loss:
             img = self.augment_pipe(img)
         return self.D(img, c)
 
+    # Adversarial terms, per sample ---------------------------------------------------------------
+    def _generator_loss(self, fake_logits):
+        return -fake_logits if self.gan_loss == 'hinge' else F.softplus(-fake_logits)  # -log(sigmoid(D(G(z))))
+
+    def _fake_loss(self, fake_logits):
+        return F.relu(1 + fake_logits) if self.gan_loss == 'hinge' else F.softplus(fake_logits)  # -log(1 - sigmoid)
+
+    def _real_loss(self, real_logits):
+        return F.relu(1 - real_logits) if self.gan_loss == 'hinge' else F.softplus(-real_logits)  # -log(sigmoid(D(x)))
+
     def _backward(self, phase, loss, gain, batch):
         if self.extra_loss_fn is not None:
             extra = self.extra_loss_fn(phase, batch)
@@ -71,7 +91,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c)
             report('Loss/scores/fake', gen_logits)
             report('Loss/signs/fake', gen_logits.sign())
-            loss_Gmain = F.softplus(-gen_logits)  # -log(sigmoid(D(G(z))))
+            loss_Gmain = self._generator_loss(gen_logits)
             report('Loss/G/loss', loss_Gmain)
             batch = PhaseBatch('Gmain', gain, gen_z=gen_z, gen_c=gen_c, gen_img=gen_img, gen_ws=gen_ws,
                                gen_logits=gen_logits)
@@ -86,7 +106,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c)
             report('Loss/scores/fake', gen_logits)
             report('Loss/signs/fake', gen_logits.sign())
-            loss_Dgen = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
+            loss_Dgen = self._fake_loss(gen_logits)
         if do_Dmain or do_Dr1:
             real = real_img.detach().requires_grad_(do_Dr1)
             real_logits = self.run_D(real, real_c)
@@ -94,7 +114,7 @@ class StyleGAN2Loss:
             report('Loss/signs/real', real_logits.sign())
             loss = real_logits.sum() * 0  # keeps every D output in the graph for DDP
             if do_Dmain:
-                loss_Dreal = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
+                loss_Dreal = self._real_loss(real_logits)
                 report('Loss/D/loss', loss_Dgen + loss_Dreal)
                 loss = loss + loss_Dgen.mean() + loss_Dreal.mean()
                 if on_real_logits is not None and real_idx is not None:

@@ -47,10 +47,18 @@ class TrainingRun:
     G_opt_kwargs = property(lambda self: dict(self._loop.G_opt_kwargs))
     D_opt_kwargs = property(lambda self: dict(self._loop.D_opt_kwargs))
     r1_gamma = property(lambda self: self._loop.loss.r1_gamma)
+    D_reg_interval = property(lambda self: self._loop.D_reg_interval)  # None: R1 on every D step
+    # 'ns' (non-saturating, the official loss) or 'hinge'; the official loss has only the former.
+    gan_loss = property(lambda self: getattr(self._loop.loss, 'gan_loss', 'ns'))
 
     # What hooks may do.
     def report(self, name, value):
         return stats.report(name, value)
+
+    def report0(self, name, value):
+        """Report `value` from rank 0 only, for figures every rank holds alike. The other ranks report
+        nothing under the same name, as the official training_stats needs every name on every rank."""
+        return self.report(name, value if self.rank == 0 else [])
 
     def request_new_sampler(self):
         """Ask the loop to call every hook's make_sampler() before the next iteration."""

@@ -55,12 +55,15 @@ class FakeRun:
         self.total_kimg, self.cur_nimg, self.prev_nimg = total_kimg, 0, 0
         self.device, self.random_seed, self.augment_pipe = torch.device('cpu'), 0, None
         self.D_opt_kwargs = dict(class_name='torch.optim.Adam', lr=0.01, betas=[0.0, 0.99], eps=1e-8)
-        self.r1_gamma = 1.0
+        self.r1_gamma, self.D_reg_interval, self.gan_loss = 1.0, 16, 'ns'
         self.sampler_requests = 0
         self.reported = collections.defaultdict(list)
 
     def report(self, name, value):
         self.reported[name].append(value)
+
+    def report0(self, name, value):
+        self.report(name, value if self.rank == 0 else [])
 
     def request_new_sampler(self):
         self.sampler_requests += 1
@@ -177,12 +180,45 @@ def test_record_is_D_logit_of_every_image_in_eval_mode_with_its_label(toy_zip):
     record_three_times(hook, run, D)
     assert torch.allclose(hook.history.records()[-1], expected_probe_record(dataset, D), atol=1e-5)
     assert D.training and not any(D.training_seen)  # scored in eval mode, then back to train mode
-    # The hinge view, here read through the run's data stream instead of the in-memory image cache.
-    hinge = SelfDiagnosingHook(window=4, hinge=True, cache_mib=0)
-    hinge.setup(run)
-    hinge.record_ldr(run)
-    assert hinge._image_cache(run) is None
-    assert torch.allclose(hinge.history.records()[-1], expected_probe_record(dataset, D).clamp(-1, 1), atol=1e-5)
+    # The same, read through the run's data stream instead of the in-memory image cache.
+    streamed = SelfDiagnosingHook(window=4, cache_mib=0)
+    streamed.setup(run)
+    streamed.record_ldr(run)
+    assert streamed._image_cache(run) is None
+    assert torch.allclose(streamed.history.records()[-1], expected_probe_record(dataset, D), atol=1e-5)
+
+
+@pytest.mark.parametrize('gan_loss', ['ns', 'hinge'])
+def test_phase2_refresh_scores_with_the_aux_D_under_the_ns_loss(toy_zip, tmp_path, gan_loss):
+    # The main D sees weighted reals in phase 2, so a refresh must not read it (the aux D sees uniform
+    # ones); under the hinge loss the aux D's logits are on another scale, so the main D stays.
+    dataset = ImageFolderDataset(toy_zip, use_labels=True)
+    D = ProbeD().train()
+    run = FakeRun(dataset, D, run_dir=str(tmp_path))
+    run.gan_loss = gan_loss
+    hook = SelfDiagnosingHook(window=4, record_every=0.004, refresh_kimg=0.004)
+    hook.setup(run)
+    record_three_times(hook, run, D)
+    hook.start_phase2(run)
+    with torch.no_grad():
+        hook.aux_D.offset.fill_(-2.0)  # the aux D now disagrees with the main D
+    run.prev_nimg, run.cur_nimg = run.cur_nimg, run.cur_nimg + 4
+    hook.on_step_end(run)
+    assert hook.refresh_count == 1 and hook.history.count == 4
+    scorer = hook.aux_D if gan_loss == 'ns' else D
+    assert torch.allclose(hook.history.records()[-1], expected_probe_record(dataset, scorer), atol=1e-5)
+    assert (tmp_path / 'dia-scores-000000-refresh001.npz').is_file()  # the phase-start table is kept
+    assert (tmp_path / 'dia-scores-000000.npz').is_file()
+
+
+def test_aux_R1_follows_the_run_D_regularisation_interval(toy_zip):
+    dataset = ImageFolderDataset(toy_zip, use_labels=True)
+    run = FakeRun(dataset, ProbeD())
+    for interval, expected in [(16, 16), (4, 4), (None, 1)]:
+        run.D_reg_interval = interval
+        hook = SelfDiagnosingHook(window=4)
+        hook.setup(run)
+        assert hook.aux_reg_interval == expected
 
 
 def test_phase2_sampler_frequencies_follow_the_scores(toy_zip, tmp_path):

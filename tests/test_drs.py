@@ -62,7 +62,7 @@ def test_acceptance_probability_matches_the_formula():
 def test_sampler_accepts_at_the_formula_rate_with_a_burn_in_and_running_max():
     D = ToyD()
     burn_in, batch = 4, 32
-    result = drs_sample(ToyG(), D, n=300, batch=batch, burn_in=burn_in, percentile=80,
+    result = drs_sample(ToyG(), D, n=300, batch=batch, burn_in=burn_in * batch - 5, percentile=80,
                         generator=torch.Generator().manual_seed(0))
     # Replay: D_max starts as the max over the burn-in batches, then runs over the proposals.
     d_max = max(float(b.max()) for b in D.batches[:burn_in])
@@ -139,3 +139,15 @@ def test_generate_drs_writes_the_requested_images_and_the_acceptance_rate(tmp_pa
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(out)) == [f'drs{i:04d}.png' for i in range(5)]
     assert 'acceptance rate' in result.output and seen['percentile'] == 50
+
+
+def test_generate_drs_that_stalls_names_the_percentile_option_and_writes_nothing(tmp_path, monkeypatch):
+    import stylegan2_fair.drs
+    monkeypatch.setattr(stylegan2_fair.drs, 'drs_sample',
+                        lambda *args, **kwargs: drs_sample(*args, **dict(kwargs, burn_in=1, max_proposals=1)))
+    pkl = tiny_snapshot(tmp_path / 'dia.pkl', with_aux=True)
+    out = tmp_path / 'out'
+    result = CliRunner().invoke(generate, ['--network', str(pkl), '--seeds=0-40', '--outdir', str(out),
+                                           '--device=cpu', '--drs', '--drs-percentile=100'])
+    assert result.exit_code != 0 and 'Traceback' not in result.output
+    assert '--drs-percentile' in result.output and not out.exists()

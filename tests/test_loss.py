@@ -1,5 +1,6 @@
 """The loss terms against hand computations on tiny stand-in networks."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +75,30 @@ def test_g_main_is_nonsaturating_and_reaches_g():
         expected = F.softplus(-D(G.synthesis(G.mapping(z, None)), None)).mean()
     assert np.isclose(got['Loss/G/loss']['mean'], float(expected))
     assert G.A.grad is not None and G.A.grad.abs().sum() > 0
+
+
+def test_hinge_loss_terms_match_their_definitions():
+    G, D, loss = make_loss(gan_loss='hinge')
+    real = torch.randn(6, 1, 2, 2, dtype=torch.float64) * 3
+    z = torch.randn(6, 3, dtype=torch.float64) * 3
+    stats.collect()
+    loss.accumulate_gradients('Dmain', real, torch.zeros(6, 0), z, torch.zeros(6, 0), gain=1)
+    loss.accumulate_gradients('Gmain', None, None, z, torch.zeros(6, 0), gain=1)
+    got = stats.collect()
+    with torch.no_grad():
+        fake_logits = D(G.synthesis(G.mapping(z, None)), None)
+        real_logits = D(real, None)
+    assert (fake_logits.abs() > 1).any() and (real_logits.abs() < 1).any()  # both sides of the margins
+    expected_D = (F.relu(1 + fake_logits) + F.relu(1 - real_logits)).mean()
+    assert np.isclose(got['Loss/D/loss']['mean'], float(expected_D))
+    assert np.isclose(got['Loss/G/loss']['mean'], float(-fake_logits.mean()))
+    # G's hinge gradient is that of -mean D(G(z)): d/dA of -mean <w, A z'> with z' = z.
+    assert torch.allclose(G.A.grad, -(D.w.detach().reshape(-1, 1) * z.mean(0)[None]), atol=1e-12)
+
+
+def test_unknown_gan_loss_is_refused():
+    with pytest.raises(ValueError, match="unknown gan_loss 'wgan'"):
+        make_loss(gan_loss='wgan')
 
 
 def test_path_length_mean_moves_by_decay_and_penalty_matches():

@@ -289,7 +289,7 @@ _LOSS_SCRIPT = '''
                  num_gpus=1, batch_size=4, batch_gpu=2, total_kimg=1, run_dir=run_dir, random_seed=0,
                  G_opt_kwargs={}, D_opt_kwargs={}, data_loader_kwargs=dict(num_workers=0),
                  training_set_kwargs=set_kwargs, training_set=training_set, resume_pkl=None,
-                 training_set_sampler=misc.InfiniteSampler(training_set, seed=0))
+                 training_set_sampler=misc.InfiniteSampler(training_set, seed=0), D_reg_interval=16)
     fair = official_adapter.attach(dict(fair_method='test-term', hook_kwargs={'test-term': dict(scale=SCALE)}), scope)
     hook = fair.hooks[0]
 

@@ -263,3 +263,29 @@ def test_augmented_reals_reach_r1_on_every_device(tmp_path, toy_zip, monkeypatch
     r1 = [line['Loss/r1_penalty']['mean'] for line in lines if 'Loss/r1_penalty' in line]
     assert len(r1) == len(lines) and all(np.isfinite(r1)) and max(r1) > 0
     assert float(loop.augment_pipe.p) == 1.0 and any(resamplings)  # R1's reals went through grid_sample
+
+
+def test_gan_loss_option_reaches_the_loss_and_the_run_description(tmp_path, toy_zip):
+    desc, args = setup_training_options(data=toy_zip, cfg='tiny', workers=0, device='cpu', gan_loss='hinge')
+    assert args['loss_kwargs']['gan_loss'] == 'hinge' and desc.endswith('-hinge')
+    _, plain = setup_training_options(data=toy_zip, cfg='tiny', workers=0, device='cpu')
+    assert 'gan_loss' not in plain['loss_kwargs']  # the official loss, and official training options
+    result = CliRunner().invoke(train, ['--outdir', str(tmp_path), '--data', toy_zip, '--cfg=tiny',
+                                        '--gan-loss=wgan', '-n'])
+    assert result.exit_code != 0 and "'wgan' is not one of 'ns', 'hinge'" in result.output
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_report0_names_the_stat_on_every_rank_with_rank0_values_only(rank):
+    # The official training_stats needs each name reported on every rank; only rank 0's values count.
+    from stylegan2_fair.training_loop import TrainingRun
+
+    class Loop:
+        pass
+    loop = Loop()
+    loop.rank = rank
+    seen = []
+    run = TrainingRun(loop)
+    run.report = lambda name, value: seen.append((name, value))
+    run.report0('Dia/score', [1.0, 2.0])
+    assert seen == [('Dia/score', [1.0, 2.0] if rank == 0 else [])]

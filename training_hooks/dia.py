@@ -14,12 +14,18 @@ estimates p_data / p_g for Discriminator Rejection Sampling (phase 3: stylegan2_
 `generate.py --drs`); it is stored in snapshots as `D_aux`. G never trains against it. Each D
 step it sees the fakes the main D just saw and as many uniform reals (through the run's augment
 pipe, like the main D), with its own Adam (the run's D options), the non-saturating loss and R1
-(the run's gamma) every `aux_reg_interval` steps. All of Dia's work runs on its own seeded RNG
+(the run's gamma) as often as the main D gets it. All of Dia's work runs on its own seeded RNG
 stream, so G and D train exactly as without the hook until phase 2 changes the sampler.
 
-The hinge variant (`hinge=True`, Dia-HingeGAN) takes the statistics over the hinge view of D's
-output, clamp(logit, -1, 1): a hinge discriminator's optimum is +1 where p_data > p_g and -1
-where p_data < p_g, and outputs beyond the margins carry no loss.
+Dia-HingeGAN (the paper's Sec. 5 extension) is this hook on a run trained with the hinge loss
+(`train.py --gan-loss=hinge`): D's raw output is then the hinge output D_h(x), and the same
+statistics and scores are taken of it. The auxiliary D keeps the non-saturating loss, since DRS
+needs a logit.
+
+Score refreshes in phase 2 (`refresh_kimg`) score with the auxiliary D: the main D now sees the
+reals weighted by w, so its logit estimates log(w p_data / p_g) and would feed each image's own
+weight back into its score. Under the hinge loss the refreshes keep the main D, whose outputs are
+on the scale of the phase-1 records.
 
 At the start of phase 2 (and at each refresh) rank 0 writes to the run dir: dia-scores-KIMG.npz
 and .csv (index, ldrm, ldrv, raw score, clipped score), dia-extremes-KIMG.png (top half: the
@@ -159,12 +165,10 @@ class SelfDiagnosingHook(TrainingHook):
                      help='Dia: lower clip of the scores'),
         click.option('--dia-clip-ratio', type=float, default=50.0, metavar='FLOAT',
                      help='Dia: upper clip of the scores as a multiple of their minimum'),
-        click.option('--dia-hinge', type=bool, default=False, metavar='BOOL',
-                     help='Dia: statistics of the hinge view of D, clamp(logit, -1, 1) (Dia-HingeGAN)'),
     ]
 
     def __init__(self, k=1.0, window=50, record_every=None, phase2_kimg=None, refresh_kimg=None, clip_min=0.01,
-                 clip_ratio=50.0, hinge=False, aux_reg_interval=16, record_batch=None, cache_mib=1024,
+                 clip_ratio=50.0, aux_reg_interval=None, record_batch=None, cache_mib=1024,
                  report_images=64):
         problems = []
         if window < 2:
@@ -183,8 +187,7 @@ class SelfDiagnosingHook(TrainingHook):
             raise ValueError('; '.join(problems))
         self.k, self.window, self.clip_min, self.clip_ratio = float(k), int(window), float(clip_min), float(clip_ratio)
         self.record_every_opt, self.phase2_kimg_opt, self.refresh_kimg = record_every, phase2_kimg, refresh_kimg
-        self.hinge = bool(hinge)
-        self.aux_reg_interval = int(aux_reg_interval)
+        self.aux_reg_interval_opt = aux_reg_interval
         self.record_batch_opt = record_batch
         self.cache_bytes = int(cache_mib * 2**20)
         self.report_images = int(report_images)
@@ -209,6 +212,10 @@ class SelfDiagnosingHook(TrainingHook):
         # The paper records every 100 G steps; one G step consumes batch_size reals.
         self.record_every = self.record_every_opt or 100 * run.batch_size / 1000
         self.phase2_kimg = self.phase2_kimg_opt if self.phase2_kimg_opt is not None else 0.8 * run.total_kimg
+        # R1 for the aux D as often as the main D gets it (every D step when the loop fuses it).
+        self.aux_reg_interval = int(self.aux_reg_interval_opt or run.D_reg_interval or 1)
+        if run.gan_loss == 'hinge':
+            self._log('Dia: the run trains with the hinge loss: statistics of the hinge D output (Dia-HingeGAN)')
         per_rank = math.ceil(num_images / run.world_size)
         self.record_batch = int(self.record_batch_opt
                                 or default_record_batch(run.batch_gpu, run.training_set.resolution, per_rank))
@@ -260,20 +267,22 @@ class SelfDiagnosingHook(TrainingHook):
         for img, c, _ in run.data_stream(sampler=[int(i) for i in self.shard], batch_size=self.record_batch):
             yield img, c
 
-    def ldr_output(self, logits):
-        """What the statistics are taken of: the logit (LDR, Eq. 1), or its hinge view."""
-        return logits.clamp(-1, 1) if self.hinge else logits
+    def scoring_D(self, run):
+        """The D whose outputs are recorded: the main D, or in phase 2 the aux D (module docstring)."""
+        if self.phase2 and self.aux_D is not None and run.gan_loss == 'ns':
+            return self.aux_D
+        return run.D
 
     @torch.no_grad()
     def record_ldr(self, run):
         """Score every training image with D (eval mode, no augmentation) and add one record."""
-        D = run.D
+        D = self.scoring_D(run)
         was_training = D.training
         D.eval()
         values = []
         with own_random_stream(run.device, _stream_seed(run.random_seed, run.rank, 1, self.history.count)):
             for img, c in self._shard_batches(run):
-                values.append(self.ldr_output(D(img, c).flatten().float()))
+                values.append(D(img, c).flatten().float())
         D.train(was_training)
         values = torch.cat(values)
         # Every rank scored its shard; gather so that each image's history is complete everywhere.
@@ -287,8 +296,7 @@ class SelfDiagnosingHook(TrainingHook):
         if torch.isnan(record).any():
             raise RuntimeError('Dia: the gathered LDR record misses some images; every rank must score its shard')
         self.history.add(record)
-        if run.rank == 0:
-            run.report('Dia/ldr', record)
+        run.report0('Dia/ldr', record)
 
     # Phase 2 ---------------------------------------------------------------------------------------
     def compute_scores(self, run):
@@ -407,15 +415,16 @@ class SelfDiagnosingHook(TrainingHook):
             run.request_new_sampler()
 
     def on_tick_end(self, run):
-        if run.rank != 0 or self.scores is None:
-            return  # every rank holds the same scores: report them once
-        run.report('Dia/phase', 2.0 if self.phase2 else 1.0)
-        run.report('Dia/score', self.scores)
-        run.report('Dia/score_raw', self.raw_scores)
-        run.report('Dia/ldrm', self.ldrm)
-        run.report('Dia/ldrv', self.ldrv)
-        run.report('Dia/score_max_over_min', float(self.scores.max() / self.scores.min()))
-        run.report('Dia/score_capped_fraction', capped_fraction(self.scores))
+        if self.scores is None:
+            return
+        # Every rank holds the same scores: rank 0 reports them (report0 keeps the names on all ranks).
+        run.report0('Dia/phase', 2.0 if self.phase2 else 1.0)
+        run.report0('Dia/score', self.scores)
+        run.report0('Dia/score_raw', self.raw_scores)
+        run.report0('Dia/ldrm', self.ldrm)
+        run.report0('Dia/ldrv', self.ldrv)
+        run.report0('Dia/score_max_over_min', float(self.scores.max() / self.scores.min()))
+        run.report0('Dia/score_capped_fraction', capped_fraction(self.scores))
 
     def on_train_end(self, run):
         if not self.phase2:
@@ -427,7 +436,8 @@ class SelfDiagnosingHook(TrainingHook):
 
     # Reports ---------------------------------------------------------------------------------------
     def write_reports(self, run):
-        stem = os.path.join(run.run_dir, f'dia-scores-{int(run.cur_nimg // 1000):06d}')
+        refresh = f'-refresh{self.refresh_count:03d}' if self.refresh_count else ''
+        stem = os.path.join(run.run_dir, f'dia-scores-{int(run.cur_nimg // 1000):06d}{refresh}')
         index = np.arange(len(self.scores))
         columns = dict(index=index, ldrm=self.ldrm.numpy(), ldrv=self.ldrv.numpy(),
                        score_raw=self.raw_scores.numpy(), score=self.scores.numpy())

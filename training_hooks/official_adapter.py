@@ -172,7 +172,8 @@ class OfficialLoopHooks:
     def __init__(self, hooks, scope):
         self.hooks = hooks
         for name in ('G', 'D', 'G_ema', 'augment_pipe', 'loss', 'device', 'rank', 'batch_size', 'batch_gpu',
-                     'total_kimg', 'run_dir', 'random_seed', 'data_loader_kwargs', 'training_set_kwargs'):
+                     'total_kimg', 'run_dir', 'random_seed', 'data_loader_kwargs', 'training_set_kwargs',
+                     'D_reg_interval'):
             setattr(self, name, scope[name])
         # The official train.py writes betas=[0,0.99]; torch >= 2 optimisers want both as floats.
         self.G_opt_kwargs, self.D_opt_kwargs = (_float_betas(scope[name]) for name in ('G_opt_kwargs', 'D_opt_kwargs'))

@@ -129,14 +129,17 @@ def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, 
 
 def generate_drs(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device, percentile):
     """--drs: len(seeds) images accepted by DRS under the snapshot's D_aux (stylegan2_fair/drs.py)."""
-    from ..drs import aux_discriminator, drs_sample
+    from ..drs import DrsStalled, aux_discriminator, drs_sample
     try:
         D = aux_discriminator(data, network_pkl).eval().to(device)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     label = class_label(G, class_idx, device)[0] if G.c_dim else None
-    result = drs_sample(G, D, len(seeds), c=label, percentile=percentile, truncation_psi=truncation_psi,
-                        noise_mode=noise_mode, generator=torch.Generator().manual_seed(seeds[0]))
+    try:
+        result = drs_sample(G, D, len(seeds), c=label, percentile=percentile, truncation_psi=truncation_psi,
+                            noise_mode=noise_mode, generator=torch.Generator().manual_seed(seeds[0]))
+    except DrsStalled as e:
+        raise click.ClickException(str(e).replace('lower the percentile', 'lower --drs-percentile')) from e
     os.makedirs(outdir, exist_ok=True)
     for i, image in enumerate(to_uint8(result.images.numpy(), (-1, 1)).transpose(0, 2, 3, 1)):
         save_png(image, os.path.join(outdir, f'drs{i:04d}.png'))

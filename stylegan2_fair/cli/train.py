@@ -52,7 +52,7 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
                            cfg='auto', gamma=None, kimg=None, batch=None, aug='ada', p=None, target=None,
                            augpipe='bgc', resume=None, freezed=0, fp32=False, nhwc=False, allow_tf32=False,
                            nobench=False, workers=3, device='auto', fair_method='none', kimg_per_tick=None,
-                           snap_minutes=None, lr_scale=1.0, resume_arch=False, hook_kwargs=None):
+                           snap_minutes=None, lr_scale=1.0, resume_arch=False, gan_loss='ns', hook_kwargs=None):
     """Validate options and return (run description, kwargs for TrainingLoop)."""
     from ..dataset import ImageFolderDataset
     args = dict(G_kwargs={}, D_kwargs={})
@@ -221,6 +221,9 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
         raise UserError('--resume-arch=1 takes the networks of the --resume pickle: give --resume=PKL')
     if lr_scale != 1.0:
         desc += f'-lr{lr_scale:g}'
+    if gan_loss != 'ns':
+        desc += f'-{gan_loss}'
+        args['loss_kwargs']['gan_loss'] = gan_loss
 
     # Performance and device.
     if fp32:
@@ -497,6 +500,8 @@ def _hook_cli_options():
               '(to finetune a pickle trained with other settings, e.g. an official one)', type=bool, default=False,
               metavar='BOOL')
 @click.option('--lr-scale', help='Multiply the learning rates (0.1 for finetuning, as in model rebalancing)', type=float, default=1.0)
+@click.option('--gan-loss', help='Adversarial loss: the official non-saturating one, or hinge (Dia-HingeGAN)',
+              type=click.Choice(['ns', 'hinge']), default='ns', show_default=True)
 @click.option('--fp32', help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL')
 @click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL')
 @click.option('--nobench', help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL')
