@@ -19,7 +19,11 @@ minority inclusion (Sec. 4.5), all at `--cfg=tiny` with the same budget (kimg) a
         --samples=500 --eval-pool=300 --pool-factor=2 --cost-steps=4 --workdir=/tmp/imle-smoke   # smoke run
 
 LPIPS uses the random VGG16 trunk when the ImageNet weights are not on this machine (offline), which
-the report states. Writes benchmarks/results/imle.md.
+the report states. Figures go to WORKDIR/results.json; the report to `--out`, by default
+benchmarks/results/imle-generated.md, a file this script owns and rewrites whole (it starts with
+GENERATED_MARK). benchmarks/results/imle.md is the hand-curated report (earlier runs' figures and
+sessions' notes): copy figures from the generated file into it by hand. A run refuses an `--out` that
+exists without the mark, before training anything, so it cannot destroy hand-written text.
 """
 import json
 import os
@@ -35,6 +39,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from _common import generate, make_tiny_loop  # noqa: E402
+from stylegan2_fair.fileio import atomic_write_text  # noqa: E402
+
+GENERATED_MARK = ('<!-- Written by benchmarks/imle_stacked_digits.py, which rewrites this whole file at each run: '
+                  'keep hand-written notes in benchmarks/results/imle.md -->')
 
 
 def make_dataset(workdir, kind, num_images, resolution, seed, **options):
@@ -118,7 +126,8 @@ def alternate_steps(loops, steps, warmup=2):
 
 @click.command()
 @click.option('--workdir', default='/tmp/imle-bench', show_default=True)
-@click.option('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'imle.md'), show_default=True)
+@click.option('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'imle-generated.md'), show_default=True,
+              help='The generated report (a file of this script\'s own; see the module docstring)')
 @click.option('--parts', default='coverage,cost,minority', show_default=True,
               help='Which parts to run; the others keep their figures from WORKDIR/results.json ("" = report only)')
 @click.option('--kimg', type=int, default=3, show_default=True, help='Training length of every run')
@@ -147,6 +156,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
     methods = [m.strip() for m in methods.split(',') if m.strip()]
     if not methods or set(methods) - {'vanilla', 'imle'}:
         raise click.BadParameter('give vanilla, imle or both', param_hint='--methods')
+    check_report_is_ours(out)  # now, not after the runs: the runs take half an hour
     torch.set_num_threads(threads)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, 'results.json')
@@ -235,8 +245,7 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         results['minority'] = part
 
     results['commands'] = dict(results.get('commands', {}), **{p: ' '.join(['python'] + sys.argv) for p in parts})
-    with open(results_path, 'w') as f:
-        json.dump(results, f, indent=2)
+    atomic_write_text(results_path, json.dumps(results, indent=2))  # a crash keeps the earlier parts' figures
     if all(k in results for k in ('coverage', 'cost', 'minority')) and 'imle' in results['coverage'] \
             and 'vanilla' in results['coverage']:
         write_report(out, results)
@@ -244,7 +253,29 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
         print(f'{results_path} lacks some parts; run them to write {out}')
 
 
+def check_report_is_ours(path):
+    """Refuse to overwrite a file this script did not write (one without GENERATED_MARK on its first line)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding='utf-8') as f:
+        first_line = f.readline().rstrip('\n')
+    if first_line != GENERATED_MARK:
+        raise click.ClickException(
+            f'--out={path} exists and was not written by this script (its first line is not the generated-file '
+            f'mark), so it may hold hand-written sections that a run would destroy. Pass another --out (default: '
+            f'benchmarks/results/imle-generated.md), or delete the file if it is an old generated report.')
+
+
 def write_report(path, r):
+    """Write the report of results `r` to `path` (a whole file of its own, atomically) and print it."""
+    check_report_is_ours(path)
+    text = report_text(r)
+    atomic_write_text(path, f'{GENERATED_MARK}\n{text}')
+    print(text)
+
+
+def report_text(r):
+    """The markdown report of the figures `r` (WORKDIR/results.json)."""
     cov, cost, mino = r['coverage'], r['cost'], r['minority']
     base = cost['step_sec']['vanilla']
     cost_rows = '\n'.join(f'| {name} | {sec:.2f} | {100 * (sec / base - 1):+.0f}% |'
@@ -370,9 +401,7 @@ at the ~{i['train_sec'] / cov['kimg']:.0f} s/kimg measured here for the tiny mod
 ~{i['train_sec'] / cov['kimg'] * 5000 / 86400:.0f} days on this CPU, and each re-match of a 2.4M pool (VGG16 on every
 candidate) ~{cov['rematch_sec'] / cov['pool_size'] * 2.4e6 / 3600:.0f} hours.
 """
-    with open(path, 'w') as f:
-        f.write(text)
-    print(text)
+    return text
 
 
 if __name__ == '__main__':

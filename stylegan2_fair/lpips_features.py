@@ -25,6 +25,7 @@ import torch.nn.functional as F
 # torchvision's ImageNet VGG16 checkpoint: the file its hub cache looks for (VGG16_Weights.IMAGENET1K_V1).
 VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
 VGG16_FILE = 'vgg16-397923af.pth'
+VGG16_SHA256_PREFIX = '397923af'  # torch.hub's naming convention: the name carries the start of the file's sha256
 
 LPIPS_BACKBONE_OPTION = click.option(
     '--lpips-backbone', 'lpips_backbone', metavar='PATH',
@@ -42,6 +43,31 @@ def _missing_backbone_message(reason):
             f'Download {VGG16_URL} on a machine with internet access and put it at {target} '
             f'(the folder follows $TORCH_HOME, default ~/.cache/torch), or pass --lpips-backbone=PATH '
             f'to the file.')
+
+
+def find_backbone_file(backbone=None):
+    """Path of the VGG16 weights that `load_lpips(backbone)` will read, or None for 'random', without
+    building the network: for checks before a run dir exists (a missing file should not surface only
+    at the hook's setup). LPIPSBackboneMissing, naming where the file goes, when it is not there.
+
+    The default (None) is torchvision's cache file; when it is absent it is downloaded as lpips would
+    (into the same place, so the later load finds it), and the error comes only when that fails.
+    """
+    if backbone == 'random':
+        return None
+    if backbone is not None:
+        if not os.path.isfile(backbone):
+            raise LPIPSBackboneMissing(_missing_backbone_message(f'--lpips-backbone={backbone} is not a file'))
+        return backbone
+    target = os.path.join(torch.hub.get_dir(), 'checkpoints', VGG16_FILE)
+    if not os.path.isfile(target):
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            # The hash check refuses a truncated or corrupted download instead of caching it.
+            torch.hub.download_url_to_file(VGG16_URL, target, hash_prefix=VGG16_SHA256_PREFIX, progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            raise LPIPSBackboneMissing(_missing_backbone_message(err)) from err
+    return target
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,8 +10,25 @@ by default (lower `pool_chunk` on a small GPU).
 The expansion loses precision when distances are tiny next to the norms: both sides are centred
 on the pool's mean first (distances do not change), and the winners' distances are recomputed
 directly as |q - p|^2 before they are returned.
+
+The search is exact only in full float32: `--allow-tf32` (the training loop's
+torch.backends.cuda.matmul.allow_tf32) makes CUDA matmuls round their inputs to TF32's 10-bit
+mantissa, enough to pick a wrong neighbour among close candidates, so TF32 is off inside the search.
 """
+import contextlib
+
 import torch
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    """TF32 off for CUDA matmuls inside the block, the caller's setting back afterwards (also on errors)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def nearest_neighbors(queries, pool, chunk=4096, pool_chunk=65536, query_groups=None, pool_groups=None):
@@ -30,6 +47,12 @@ def nearest_neighbors(queries, pool, chunk=4096, pool_chunk=65536, query_groups=
         raise ValueError('the pool is empty: nothing to match against')
     if (query_groups is None) != (pool_groups is None):
         raise ValueError('give both query_groups and pool_groups, or neither')
+    with full_precision_matmul():
+        return _search(queries, pool, chunk, pool_chunk, query_groups, pool_groups)
+
+
+def _search(queries, pool, chunk, pool_chunk, query_groups, pool_groups):
+    """nearest_neighbors' work, on checked inputs."""
     device = pool.device
     pool = pool.float()
     centre = pool.mean(0)

@@ -1,5 +1,6 @@
 """Inclusive GAN / IMLE-GAN hook (`--fair-method=imle`) and its LPIPS wrapper."""
 import json
+import math
 import os
 import types
 import urllib.error
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from stylegan2_fair.dataset import ImageFolderDataset
-from stylegan2_fair.lpips_features import CountSketch, LPIPSBackboneMissing, LPIPSFeatures, load_lpips
+from stylegan2_fair.lpips_features import VGG16_FILE, CountSketch, LPIPSBackboneMissing, LPIPSFeatures, load_lpips
 from stylegan2_fair.networks import Discriminator, Generator
 from training_hooks.base import PhaseBatch
 from training_hooks.imle import InclusiveGAN, RematchSchedule, parse_subgroup, slerp, subgroup_indices
@@ -34,8 +35,8 @@ def dataset_dir(tmp_path_factory):
     return root
 
 
-def make_run(dataset_dir, tmp_path, cond=False):
-    dataset = ImageFolderDataset(str(dataset_dir), use_labels=cond)
+def make_run(dataset_dir, tmp_path, cond=False, xflip=False):
+    dataset = ImageFolderDataset(str(dataset_dir), use_labels=cond, xflip=xflip)
     torch.manual_seed(0)
     c_dim = dataset.label_dim
     G = Generator(z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=8, img_channels=3,
@@ -140,12 +141,138 @@ def test_interpolation_weights_go_with_the_nearer_end():
     assert torch.allclose((mid * unit(a)).sum(1), (mid * unit(b)).sum(1), atol=1e-4)
 
 
+# The loss terms, exactly (Eq. 6-10 and Algorithm 1) -------------------------------------------------
+
+ALPHAS = torch.tensor([1.0, 0.0, 0.25, 0.8, 1.0, 0.6])  # the interpolation weights of one round, fixed
+
+
+def linear_render(z_dim, seed=3):
+    """A stand-in for G: a fixed linear map z -> 3x8x8 image, so distances can be recomputed by hand."""
+    weight = torch.randn(z_dim, 3 * 8 * 8, generator=torch.Generator().manual_seed(seed)) * 0.3
+    return lambda z: (z.float() @ weight).reshape(-1, 3, 8, 8)
+
+
+def stub_networks(hook, run):
+    """G -> linear_render and LPIPS -> the identity embedding (one 'layer': the image itself), so each
+    distance in the terms is a plain squared pixel distance. Returns the list of (z, c) of each render."""
+    render, renders = linear_render(run.G.z_dim), []
+    hook._render = lambda run_, z, c, noise_mode: (renders.append((z.detach().clone(), c.clone())), render(z))[1]
+    hook.lpips = types.SimpleNamespace(layer_embeddings=lambda images: [images])
+    return renders
+
+
+def give_known_matches(hook, run):
+    """Distinct matched latents at a typical z's norm (so a perturbation of 0 keeps them as they are),
+    and no re-match due before epoch 10."""
+    z = torch.randn(len(hook.recon_pos), run.G.z_dim, generator=torch.Generator().manual_seed(4))
+    hook.matched_z = z / z.norm(dim=1, keepdim=True) * math.sqrt(run.G.z_dim)
+    hook.matched_index = torch.zeros(len(hook.queries), dtype=torch.int64)
+    hook.num_rematches = 1
+
+
+def record_pair_draws(hook):
+    """Let the hook draw its pairs as usual, and keep what it drew."""
+    drawn, draw = [], hook._draw_pairs
+    hook._draw_pairs = lambda pairs: drawn.append(draw(pairs)) or drawn[-1]
+    return drawn
+
+
+def real_images(run, hook, items):
+    """Reconstruction-set items as float images, read from the dataset (not through the hook)."""
+    images = [run.training_set[int(hook.recon_indices[i])][0] for i in items]
+    return torch.from_numpy(np.stack(images)).float() / 127.5 - 1
+
+
+def sq_dist(a, b):
+    return (a - b).square().flatten(1).sum(1)
+
+
+def angle(a, b):
+    cos = (a.double() * b.double()).sum(1) / (a.double().norm(dim=1) * b.double().norm(dim=1))
+    return torch.acos(cos.clamp(-1, 1))
+
+
+@pytest.mark.parametrize('interp, cond', [('slerp', False), ('lerp', True)])
+def test_loss_terms_are_eq_6_to_10_on_the_papers_batch(dataset_dir, tmp_path, interp, cond):
+    run = make_run(dataset_dir, tmp_path, cond=cond)
+    pairs = len(ALPHAS)
+    hook = make_hook(run, perturb=0.0, interp=interp, pairs=pairs)
+    renders = stub_networks(hook, run)
+    give_known_matches(hook, run)
+    drawn = record_pair_draws(hook)
+    hook._draw_alpha = lambda count, device: ALPHAS
+    torch.manual_seed(2)  # a seed whose draws give x != x~ where alpha = 1
+    loss = gmain(hook, run)
+
+    (z, c), = renders                                      # one render: 2 mb reconstructions + mb interpolations
+    assert z.shape[0] == 3 * pairs
+    (first, second), = drawn
+    assert (first != second)[ALPHAS == 1].all(), 'x and x~ must differ where alpha = 1 (x~ drawn apart from x)'
+    assert torch.allclose(z[:2 * pairs], hook.matched_z[torch.cat([first, second])], atol=1e-5)
+    z_first, z_second, z_mix = z[:pairs], z[pairs:2 * pairs], z[2 * pairs:]
+    x_first, x_second = real_images(run, hook, first), real_images(run, hook, second)
+    render = linear_render(run.G.z_dim)
+
+    recon = run.reports['IMLE/recon_loss'][-1]             # Eq. 6 on both ends of every pair
+    assert recon.shape == (2 * pairs,)
+    assert torch.allclose(recon, sq_dist(render(z[:2 * pairs]), torch.cat([x_first, x_second])), rtol=1e-5)
+    interp_loss = run.reports['IMLE/interp_loss'][-1]      # Eq. 8-9
+    mix = render(z_mix)
+    want = ALPHAS * sq_dist(mix, x_first) + (1 - ALPHAS) * sq_dist(mix, x_second)
+    assert torch.allclose(interp_loss, want, rtol=1e-5)
+    # Eq. 10: alpha = 1 is z*(x) itself, so the interpolation term is the reconstruction of x; alpha = 0 that of x~.
+    assert torch.allclose(interp_loss[ALPHAS == 1], recon[:pairs][ALPHAS == 1], rtol=1e-5)
+    assert torch.allclose(interp_loss[ALPHAS == 0], recon[pairs:][ALPHAS == 0], rtol=1e-5)
+    if interp == 'lerp':                                   # Eq. 10 as printed
+        assert torch.allclose(z_mix, ALPHAS[:, None] * z_first + (1 - ALPHAS[:, None]) * z_second, atol=1e-5)
+    else:                                                  # on the great circle, alpha of the way from z*(x~)
+        full = angle(z_first, z_second)
+        assert torch.allclose(angle(z_second, z_mix), ALPHAS.double() * full, atol=1e-3)
+        assert torch.allclose(angle(z_mix, z_first), (1 - ALPHAS.double()) * full, atol=1e-3)
+    labels = torch.cat([hook.query_labels[hook.recon_pos[first]], hook.query_labels[hook.recon_pos[second]]])
+    assert torch.equal(c, torch.cat([labels, labels[:pairs]]))
+    if cond:
+        assert torch.equal(labels[:pairs], labels[pairs:]), 'a pair must share its label'
+    assert torch.allclose(loss, 2.5 * recon.mean() + 1.0 * interp_loss.mean())  # lambda 2.5, beta 1.0
+
+
+def test_matched_latents_are_perturbed_a_twentieth_of_the_way_to_a_random_latent(dataset_dir, tmp_path):
+    # methods-facts: Algorithm 1's delta is, in the authors' code, slerp(z*, randn, 0.05) at the norm of a
+    # typical z; 0.05 is the hook's default.
+    run = make_run(dataset_dir, tmp_path)
+    hook = make_hook(run, pairs=4)
+    renders = stub_networks(hook, run)
+    give_known_matches(hook, run)
+    drawn = record_pair_draws(hook)
+    noise = torch.randn(8, run.G.z_dim, generator=torch.Generator().manual_seed(5))
+    hook._draw_noise = lambda z: noise
+    gmain(hook, run)
+
+    (z, _), = renders
+    (first, second), = drawn
+    matched, perturbed = hook.matched_z[torch.cat([first, second])], z[:8]
+    full = angle(matched, noise)
+    assert torch.allclose(angle(matched, perturbed), 0.05 * full, atol=1e-4)
+    assert torch.allclose(angle(perturbed, noise), 0.95 * full, atol=1e-4)
+    assert torch.allclose(perturbed.norm(dim=1), torch.full([8], math.sqrt(run.G.z_dim)), rtol=1e-5)
+
+
 # Minority subgroup -----------------------------------------------------------------------------
 
 def test_subgroup_parsing_handles_and_and_negation():
     assert parse_subgroup('Narrow_Eyes & !Heavy_Makeup') == [('Narrow_Eyes', True), ('Heavy_Makeup', False)]
     with pytest.raises(ValueError, match='empty attribute name'):
         parse_subgroup('Eyeglasses & ')
+
+
+@pytest.mark.parametrize('spec, problem', [
+    ('!!Male', 'more than one "!"'), ('Eyeglasses & !Ma!le', 'more than one "!"'),
+    ('Eyeglasses | Male', r"'\|' is not supported; only AND \(\"&\"\) and NOT"),
+    ('Eyeglasses, Male', "',' is not supported; only AND"),
+])
+def test_subgroup_syntax_beyond_and_and_one_not_is_refused(spec, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_subgroup(spec)
 
 
 def test_subgroup_filtering_is_the_and_of_the_terms(dataset_dir):
@@ -183,6 +310,32 @@ def test_only_subgroup_images_are_reconstructed(dataset_dir, tmp_path):
     assert 'IMLE/match_dist_subgroup' in run.reports
 
 
+def test_mirrored_copies_count_once_in_the_recon_set_pool_and_epoch(dataset_dir, tmp_path):
+    run = make_run(dataset_dir, tmp_path, xflip=True)
+    dataset = run.training_set
+    assert len(dataset) == 2 * NUM_IMAGES
+    hook = make_hook(run)                                     # pool_factor 2
+    assert sorted(dataset.raw_index(i) for i in hook.recon_indices.tolist()) == list(range(NUM_IMAGES))
+    assert not any(dataset.get_details(i).xflip for i in hook.recon_indices.tolist())
+    assert hook.pool_size == 2 * NUM_IMAGES
+    assert hook.schedule.nimg_of(1) == 10 * NUM_IMAGES         # epoch 10 of the raw images
+    subgroup = make_hook(run, subgroup='Even')
+    assert [dataset.raw_index(i) for i in subgroup.recon_indices.tolist()] == list(range(0, NUM_IMAGES, 2))
+    assert subgroup.pool_size == NUM_IMAGES
+
+
+def test_conditional_pool_without_a_candidate_for_some_label_is_refused(dataset_dir, tmp_path):
+    run = make_run(dataset_dir, tmp_path, cond=True)          # 12 images, labels i % 3
+    problem = r'--imle-pool-factor=0.2: .*\(2 candidates .* no candidate with 1 of the 3 labels .*class 2.* 1 or more'
+    with pytest.raises(ValueError, match=problem):
+        InclusiveGAN(lpips_backbone='random', pool_factor=0.2).check_dataset(run.training_set)
+    with pytest.raises(ValueError, match=problem):
+        make_hook(run, pool_factor=0.2)
+    hook = make_hook(run, pool_factor=0.5)                    # 6 candidates: two per label
+    hook.rematch(run)
+    assert (hook.matched_index >= 0).all()
+
+
 def test_conditional_matches_stay_within_the_real_images_label(dataset_dir, tmp_path):
     run = make_run(dataset_dir, tmp_path, cond=True)
     hook = make_hook(run)
@@ -203,6 +356,7 @@ def test_resume_restores_matches_and_schedule_without_rematching(matched, tmp_pa
     resumed.load_state_dict(state)
     assert resumed.num_rematches == hook.num_rematches == 1
     assert torch.equal(resumed.matched_index, hook.matched_index)
+    assert torch.equal(resumed.matched_dist, hook.matched_dist)
     assert torch.equal(resumed.matched_z, hook.matched_z)
     resumed.rematch = lambda run: pytest.fail('re-matched although the schedule says not yet')
     assert gmain(resumed, run) is not None
@@ -213,6 +367,71 @@ def test_resume_with_another_subgroup_rematches(matched):
     other = make_hook(run, subgroup='Even')
     other.load_state_dict(hook.state_dict())
     assert other.force_rematch
+
+
+# Checks before the run dir exists (check_dataset) --------------------------------------------------
+
+@pytest.fixture(scope='module')
+def plain_dataset_dir(tmp_path_factory):
+    """Four images, no dataset.json: no labels, no attributes."""
+    root = tmp_path_factory.mktemp('plain-data')
+    for i in range(4):
+        PIL.Image.fromarray(np.full([8, 8, 3], 40 * i, dtype=np.uint8)).save(root / f'{i}.png')
+    return root
+
+
+@pytest.mark.parametrize('subgroup, problem', [
+    ('Even & Eyeglasses', r"unknown attribute.*'Eyeglasses'.*Even, Third, Never"),
+    ('Even & Never', r'selects no image.*Never: 0'),
+    ('Eyeglasses', r"unknown attribute.*'Eyeglasses'.*no attributes \(add them with dataset_tool"),
+])
+def test_check_dataset_refuses_a_subgroup_the_data_cannot_serve(dataset_dir, plain_dataset_dir, subgroup, problem):
+    data = plain_dataset_dir if 'no attributes' in problem else dataset_dir
+    with pytest.raises(ValueError, match=problem):
+        InclusiveGAN(subgroup=subgroup, lpips_backbone='random').check_dataset(ImageFolderDataset(str(data)))
+
+
+def test_check_dataset_finds_the_lpips_weights_without_building_lpips(dataset_dir, tmp_path, monkeypatch):
+    import training_hooks.imle as imle_module
+    monkeypatch.setattr(imle_module, 'LPIPSFeatures', lambda *a, **k: pytest.fail('check_dataset built LPIPS'))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    monkeypatch.setattr(torch.hub, 'download_url_to_file',
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError('no network')))
+    dataset = ImageFolderDataset(str(dataset_dir))
+    InclusiveGAN(lpips_backbone='random').check_dataset(dataset)          # needs no file
+
+    with pytest.raises(ValueError, match=r'--lpips-backbone=\S*nope.pth is not a file'):
+        InclusiveGAN(lpips_backbone=str(tmp_path / 'nope.pth')).check_dataset(dataset)
+    with pytest.raises(ValueError) as info:                                # default, offline, not cached
+        InclusiveGAN().check_dataset(dataset)
+    assert str(tmp_path / 'hub' / 'checkpoints' / VGG16_FILE) in str(info.value)
+    assert '--lpips-backbone=PATH' in str(info.value)
+
+    cached = tmp_path / 'hub' / 'checkpoints' / VGG16_FILE
+    cached.parent.mkdir(parents=True, exist_ok=True)  # find_backbone_file made it for the download
+    cached.write_bytes(b'')
+    InclusiveGAN().check_dataset(dataset)                                  # found: no download, no load
+    InclusiveGAN(lpips_backbone=str(cached)).check_dataset(dataset)
+
+
+@pytest.mark.parametrize('case', ['unknown-attribute', 'missing-backbone'])
+def test_bad_imle_options_are_a_clear_cli_error_and_write_nothing(tmp_path, toy_zip, case):
+    from click.testing import CliRunner
+    from stylegan2_fair.cli.train import train
+    outdir = tmp_path / 'out'
+    args = ['--outdir', str(outdir), '--data', toy_zip, '--cfg=tiny', '--kimg=1', '--workers=0', '--device=cpu',
+            '--fair-method=imle']
+    if case == 'unknown-attribute':
+        args += ['--imle-subgroup=Green & Eyeglasses', '--lpips-backbone=random']
+        expect = "unknown attribute(s) ['Eyeglasses']; the dataset has: Red, Green"
+    else:
+        args += ['--lpips-backbone', str(tmp_path / 'vgg16.pth')]
+        expect = 'vgg16.pth is not a file'
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code != 0
+    assert 'Traceback' not in result.output
+    assert expect in result.output, result.output
+    assert not outdir.exists() or not os.listdir(outdir)
 
 
 # LPIPS -----------------------------------------------------------------------------------------

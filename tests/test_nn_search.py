@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from stylegan2_fair.nn_search import nearest_neighbors
+from stylegan2_fair.nn_search import full_precision_matmul, nearest_neighbors
 
 
 def brute_force(queries, pool, mask=None):
@@ -56,3 +56,35 @@ def test_a_query_whose_group_has_no_candidate_gets_minus_one_and_inf():
 def test_mismatched_feature_sizes_are_refused():
     with pytest.raises(ValueError, match='same feature size'):
         nearest_neighbors(torch.randn(3, 4), torch.randn(5, 6))
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 on, as --allow-tf32 leaves it for the whole run; the previous setting back afterwards
+    (by hand: monkeypatch cannot undo an attribute of torch.backends.cuda.matmul)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def test_tf32_is_off_during_the_search_and_restored_after(monkeypatch, tf32_on):
+    seen = []
+    addmm = torch.Tensor.addmm_
+
+    def recording_addmm(self, *args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return addmm(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, 'addmm_', recording_addmm)
+    nearest_neighbors(torch.randn(5, 4), torch.randn(7, 4), chunk=2, pool_chunk=3)
+    assert seen, 'the search no longer multiplies with addmm_: record the flag in the matmul it uses now'
+    assert not any(seen), 'TF32 was on during a distance matmul'
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+
+
+def test_tf32_setting_comes_back_after_an_error(tf32_on):
+    with pytest.raises(KeyError):
+        with full_precision_matmul():
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+            raise KeyError('fails inside the search')
+    assert torch.backends.cuda.matmul.allow_tf32 is True

@@ -12,6 +12,7 @@ left out), and to reconstruct pairs of them from interpolated latents (Eq. 5-10,
 
 Pool: m = pool_factor x |reconstruction set| latents, drawn once from a seed and re-rendered with
 the current G (not the EMA) at each re-match; the schedule is the paper's (epochs 0, 10, 20, 40, ...).
+Sizes and epochs count each image once: --mirror's x-flipped copies are neither reconstructed nor counted.
 Minority inclusion (Sec. 3.4): `subgroup` restricts the reconstruction set to images with the named
 dataset attributes; the adversarial term still sees all data (the loop's sampler is untouched).
 Each round of Gmain (batch_gpu adversarial samples) adds 2 x pairs reconstructions and `pairs`
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 from stylegan2_fair import imaging
-from stylegan2_fair.lpips_features import LPIPS_BACKBONE_OPTION, CountSketch, LPIPSFeatures, embedding_distance
+from stylegan2_fair.lpips_features import (LPIPS_BACKBONE_OPTION, CountSketch, LPIPSBackboneMissing, LPIPSFeatures,
+                                           embedding_distance, find_backbone_file)
 from stylegan2_fair.nn_search import nearest_neighbors
 from .base import TrainingHook, register_hook
 
@@ -36,38 +38,97 @@ MATCH_SPACES = ('lpips', 'pixels', 'dfeat')
 
 # Minority subgroups ----------------------------------------------------------------------------
 
+SUBGROUP_SYNTAX = 'attribute names joined by "&", each optionally negated by one "!", e.g. "Eyeglasses & !Male"'
+
+
 def parse_subgroup(spec):
     """'Narrow_Eyes & !Male' -> [('Narrow_Eyes', True), ('Male', False)] (an AND of attribute tests)."""
-    terms = []
-    for raw in str(spec).split('&'):
-        term = raw.strip()
-        wanted = not term.startswith('!')
-        name = term.lstrip('!').strip()
-        if not name:
-            raise ValueError(f'--imle-subgroup={spec!r}: empty attribute name; write attribute names joined '
-                             f'by "&", each optionally negated with "!", e.g. "Eyeglasses & !Male"')
-        terms.append((name, wanted))
-    return terms
+    return [_parse_subgroup_term(spec, raw.strip()) for raw in str(spec).split('&')]
+
+
+def _parse_subgroup_term(spec, term):
+    """'!Male' -> ('Male', False); refuses what would otherwise be read as a different subgroup."""
+    for operator in ('|', ','):
+        if operator in term:
+            raise ValueError(f'--imle-subgroup={spec!r}: {operator!r} is not supported; only AND ("&") and NOT '
+                             f'("!") are: write {SUBGROUP_SYNTAX}. For an OR, add the union as an attribute '
+                             f'of its own (dataset_tool --attributes)')
+    wanted = not term.startswith('!')
+    name = term[0 if wanted else 1:].strip()
+    if '!' in name:  # '!!Male' must not silently mean '!Male' (nor 'Male', as a double negation would)
+        raise ValueError(f'--imle-subgroup={spec!r}: {term!r} has more than one "!" or a "!" inside the name; '
+                         f'write {SUBGROUP_SYNTAX}')
+    if not name:
+        raise ValueError(f'--imle-subgroup={spec!r}: empty attribute name; write {SUBGROUP_SYNTAX}')
+    return name, wanted
+
+
+def unique_image_positions(dataset):
+    """Dataset positions holding each raw image once, in order.
+
+    --mirror appends an x-flipped copy of every image (len(dataset) doubles); IMLE's reconstruction
+    set, pool size and epoch (data_size reals, as the authors' schedule counts it) count the images
+    themselves, so the copies are left out (the first occurrence is the unflipped one).
+    """
+    raw = np.array([dataset.raw_index(i) for i in range(len(dataset))], dtype=np.int64)
+    _, first = np.unique(raw, return_index=True)
+    return np.sort(first)
 
 
 def subgroup_indices(dataset, spec):
-    """Dataset positions of the images in subgroup `spec`; a clear error for unknown names or no match."""
+    """Dataset positions of the images in subgroup `spec` (each raw image once, see
+    unique_image_positions); a clear error for unknown names or no match."""
     terms = parse_subgroup(spec)
     available = list(dataset.attribute_names)
     unknown = [name for name, _ in terms if name not in available]
     if unknown:
         raise ValueError(f'--imle-subgroup={spec!r}: unknown attribute(s) {unknown}; the dataset has: '
                          f'{", ".join(available) or "no attributes (add them with dataset_tool --attributes)"}')
-    values = dataset.get_attributes(np.arange(len(dataset)), names=[name for name, _ in terms])
+    candidates = unique_image_positions(dataset)
+    values = dataset.get_attributes(candidates, names=[name for name, _ in terms])
     wanted = np.array([want for _, want in terms])
     mask = np.all(values == wanted[None, :], axis=1)
     if not mask.any():
         counts = ', '.join(f'{"" if want else "!"}{name}: {int((values[:, i] == want).sum())}'
                            for i, (name, want) in enumerate(terms))
-        raise ValueError(f'--imle-subgroup={spec!r} selects no image of the dataset ({len(dataset)} images; '
+        raise ValueError(f'--imle-subgroup={spec!r} selects no image of the dataset ({len(candidates)} images; '
                          f'per term {counts}). Loosen the condition (fewer "&" terms, or drop a "!"); '
                          f'attributes available: {", ".join(available)}')
-    return np.flatnonzero(mask)
+    return candidates[mask]
+
+
+def reconstruction_positions(dataset, subgroup=None):
+    """Dataset positions of the reconstruction set: the subgroup's images, or every image (once each)."""
+    return unique_image_positions(dataset) if subgroup is None else subgroup_indices(dataset, subgroup)
+
+
+# Conditional pools -----------------------------------------------------------------------------
+
+def pool_label_sources(pool_size, n_recon):
+    """Reconstruction item whose label each pool candidate is rendered with (candidate i: item i mod |R|)."""
+    return torch.arange(pool_size) % n_recon
+
+
+def label_groups(labels):
+    """(distinct label rows, group number of each row) for float labels [N, c_dim]."""
+    uniq, groups = np.unique(labels, axis=0, return_inverse=True)
+    return uniq, torch.from_numpy(groups.reshape(-1).astype(np.int64))
+
+
+def check_pool_covers_labels(recon_labels, pool_size, pool_factor):
+    """Conditional models match a real image only to candidates of its label: every label of the
+    reconstruction set needs at least one candidate, or its images would have no match at all."""
+    uniq, groups = label_groups(recon_labels)
+    covered = set(groups[pool_label_sources(pool_size, len(groups))].tolist())
+    missing = [g for g in range(len(uniq)) if g not in covered]
+    if missing:
+        example = uniq[missing[0]]
+        label = f'class {int(example.argmax())}' if set(np.unique(example)) <= {0, 1} else str(example.tolist())
+        raise ValueError(
+            f'--imle-pool-factor={pool_factor:g}: the latent pool ({pool_size} candidates for {len(groups)} '
+            f'reconstruction images) has no candidate with {len(missing)} of the {len(uniq)} labels of the '
+            f'reconstruction set (e.g. {label}), so their images could not be matched. Use --imle-pool-factor '
+            f'of 1 or more with --cond=1 (every reconstruction image then lends its label to a candidate)')
 
 
 # Re-matching schedule --------------------------------------------------------------------------
@@ -175,45 +236,42 @@ class InclusiveGAN(TrainingHook):
         self.matched_index = self.matched_dist = None
 
     # Setup ---------------------------------------------------------------------------------------
+    def check_dataset(self, training_set):
+        """Before the run dir exists: the subgroup, the pool's labels and the LPIPS weights, as setup needs them."""
+        recon = reconstruction_positions(training_set, self.subgroup)
+        if training_set.has_labels:
+            labels = np.stack([training_set.get_label(int(i)) for i in recon])
+            check_pool_covers_labels(labels, self._pool_size_for(len(recon)), self.pool_factor)
+        try:
+            find_backbone_file(self.lpips_backbone)
+        except LPIPSBackboneMissing as err:
+            raise ValueError(str(err)) from err
+
+    def _pool_size_for(self, n_recon):
+        return max(int(round(self.pool_factor * n_recon)), 1)
+
     def setup(self, run):
         dataset = run.training_set
-        n_all = len(dataset)
+        all_images = unique_image_positions(dataset)
         if self.subgroup is not None:
             recon = subgroup_indices(dataset, self.subgroup)
             # The overall match distance is reported on a uniform sample as large as the subgroup.
             rng = np.random.RandomState(run.random_seed + 1)
-            overall = np.sort(rng.choice(n_all, size=min(n_all, len(recon)), replace=False))
+            overall = np.sort(rng.choice(all_images, size=min(len(all_images), len(recon)), replace=False))
         else:
-            recon = overall = np.arange(n_all)
+            recon = overall = all_images
         self.queries = np.union1d(recon, overall)                      # images whose matches we compute
         self.recon_pos = torch.from_numpy(np.searchsorted(self.queries, recon))
         self.overall_pos = torch.from_numpy(np.searchsorted(self.queries, overall))
         self.recon_indices = torch.from_numpy(recon.astype(np.int64))
-        self.schedule = RematchSchedule(self.rematch_spec, n_all)
-        self.pool_size = max(int(round(self.pool_factor * len(recon))), 1)
+        self.schedule = RematchSchedule(self.rematch_spec, len(all_images))  # an epoch: each image once, mirrored or not
+        self.pool_size = self._pool_size_for(len(recon))
         self.pool_seed = int(run.random_seed) * 7919 + 20200801
         self.z_dim, self.c_dim, self.device = run.G.z_dim, run.G.c_dim, run.device
+        self._setup_labels(dataset, len(recon))
         self.lpips = LPIPSFeatures(self.lpips_backbone).to(run.device)
         self.sketch = CountSketch(self.proj_dim, seed=run.random_seed) if self.proj_dim > 0 else None
         self.query_features = None
-
-        # Labels: conditional models render pool candidates with the labels of the reconstruction set
-        # (candidate i gets the label of recon item i mod |R|) and match within equal labels.
-        labels = np.stack([dataset.get_label(int(i)) for i in self.queries]).astype(np.float32)
-        self.query_labels = torch.from_numpy(labels)
-        self.query_groups = self.pool_groups = None
-        cycle = torch.arange(self.pool_size) % len(recon)
-        self.pool_labels = self.query_labels[self.recon_pos[cycle]]
-        if self.c_dim > 0:
-            uniq, recon_groups = np.unique(labels[self.recon_pos.numpy()], axis=0, return_inverse=True)
-            group_of = {row.tobytes(): g for g, row in enumerate(uniq)}
-            self.query_groups = torch.tensor([group_of.get(row.tobytes(), -1) for row in labels])
-            self.recon_groups = torch.from_numpy(recon_groups.reshape(-1).astype(np.int64))
-            self.pool_groups = self.recon_groups[cycle]
-            # Partner of an interpolation pair: a recon item with the same label.
-            self.partner_order = torch.argsort(self.recon_groups, stable=True)
-            self.partner_counts = torch.bincount(self.recon_groups, minlength=len(uniq))
-            self.partner_starts = torch.cumsum(self.partner_counts, 0) - self.partner_counts
 
         # Cache the images we match and reconstruct as uint8 when they fit.
         shape = dataset.image_shape
@@ -223,6 +281,26 @@ class InclusiveGAN(TrainingHook):
         self._draw_pool(self.pool_seed)
         grid_rng = np.random.RandomState(run.random_seed + 2)
         self.grid_pos = torch.from_numpy(np.sort(grid_rng.permutation(len(recon))[:self.grid_pairs]))
+
+    def _setup_labels(self, dataset, n_recon):
+        """Conditional models render pool candidates with the labels of the reconstruction set
+        (candidate i gets the label of recon item i mod |R|) and match within equal labels."""
+        labels = np.stack([dataset.get_label(int(i)) for i in self.queries]).astype(np.float32)
+        self.query_labels = torch.from_numpy(labels)
+        self.query_groups = self.pool_groups = None
+        cycle = pool_label_sources(self.pool_size, n_recon)
+        self.pool_labels = self.query_labels[self.recon_pos[cycle]]
+        if self.c_dim > 0:
+            recon_labels = labels[self.recon_pos.numpy()]
+            check_pool_covers_labels(recon_labels, self.pool_size, self.pool_factor)
+            uniq, self.recon_groups = label_groups(recon_labels)
+            group_of = {row.tobytes(): g for g, row in enumerate(uniq)}
+            self.query_groups = torch.tensor([group_of.get(row.tobytes(), -1) for row in labels])
+            self.pool_groups = self.recon_groups[cycle]
+            # Partner of an interpolation pair: a recon item with the same label.
+            self.partner_order = torch.argsort(self.recon_groups, stable=True)
+            self.partner_counts = torch.bincount(self.recon_groups, minlength=len(uniq))
+            self.partner_starts = torch.cumsum(self.partner_counts, 0) - self.partner_counts
 
     def _draw_pool(self, seed):
         gen = torch.Generator().manual_seed(seed)
@@ -327,6 +405,15 @@ class InclusiveGAN(TrainingHook):
         if (run.cur_nimg // run.batch_size) % self.interval != 0:
             return None
         pairs = self.pairs or batch.gen_z.shape[0]
+        first, second = self._draw_pairs(pairs)
+        recon, interp = self._imle_terms(run, first, second, self._draw_alpha(pairs, run.device))
+        run.report('IMLE/recon_loss', recon)
+        run.report('IMLE/interp_loss', interp)
+        return (self.recon_weight * recon.mean() + self.interp_weight * interp.mean()) * self.interval
+
+    # The random draws of one round, one method each, so that tests can fix them and check the formulas.
+    def _draw_pairs(self, pairs):
+        """x and x~ of Eq. 8-10 as reconstruction-set items, drawn independently (Algorithm 1: y_i, y_j)."""
         n_recon = len(self.recon_pos)
         first = torch.randint(n_recon, [pairs])
         if self.c_dim > 0:  # interpolate between two images of the same label: G sees one label
@@ -334,14 +421,32 @@ class InclusiveGAN(TrainingHook):
             second = self.partner_order[self.partner_starts[g] + (torch.rand(pairs) * self.partner_counts[g]).long()]
         else:
             second = torch.randint(n_recon, [pairs])
+        return first, second
+
+    def _draw_alpha(self, pairs, device):
+        return torch.rand([pairs], device=device)
+
+    def _draw_noise(self, z):
+        return torch.randn_like(z)
+
+    def _perturb(self, z):
+        """Algorithm 1's perturbation of matched latents, as the authors' code does it: `perturb` of the way
+        (slerp) towards a random latent; the result has the norm of a typical z."""
+        return slerp(z, self._draw_noise(z), self.perturb)
+
+    def _interpolate(self, z_first, z_second, alpha):
+        """Eq. 10: alpha weights z*(x) (the first), so alpha = 1 gives z*(x), as Eq. 8 weights x by alpha."""
+        if self.interp == 'slerp':
+            return slerp(z_second, z_first, alpha)
+        return z_second.lerp(z_first, alpha[:, None])
+
+    def _imle_terms(self, run, first, second, alpha):
+        """Per sample: Eq. 6 for both ends of each pair [2P], Eq. 8-9 for their interpolation [P].
+        One render of 2P perturbed matched latents and P interpolated ones (the paper's 2 mb + mb)."""
+        pairs = len(first)
         both = torch.cat([first, second])
-        # Algorithm 1: matched latents with a small random perturbation.
-        z = self.matched_z[both.to(run.device)]
-        z = slerp(z, torch.randn_like(z), self.perturb)
-        z_first, z_second = z[:pairs], z[pairs:]
-        alpha = torch.rand([pairs], device=run.device)
-        # Eq. 10: alpha weights z*(x) (the first), so alpha = 1 gives z*(x) and pairs with weight alpha on x.
-        z_mix = slerp(z_second, z_first, alpha) if self.interp == 'slerp' else z_second.lerp(z_first, alpha[:, None])
+        z = self._perturb(self.matched_z[both.to(run.device)])
+        z_mix = self._interpolate(z[:pairs], z[pairs:], alpha)
         positions = self.recon_pos[both]
         labels = self.query_labels[positions]
         fakes = self._render(run, torch.cat([z, z_mix]), torch.cat([labels, labels[:pairs]]), 'random')
@@ -352,9 +457,7 @@ class InclusiveGAN(TrainingHook):
         mix_emb = [e[2 * pairs:] for e in fake_emb]
         interp = (alpha * embedding_distance(mix_emb, [r[:pairs] for r in real_emb])                  # Eq. 8
                   + (1 - alpha) * embedding_distance(mix_emb, [r[pairs:] for r in real_emb]))         # Eq. 9
-        run.report('IMLE/recon_loss', recon)
-        run.report('IMLE/interp_loss', interp)
-        return (self.recon_weight * recon.mean() + self.interp_weight * interp.mean()) * self.interval
+        return recon, interp
 
     # State ---------------------------------------------------------------------------------------
     def state_dict(self):
