@@ -16,15 +16,18 @@ from stylegan2_fair.ops import bias_act, cuda_build, upfirdn2d
 
 @pytest.fixture
 def fresh_state(monkeypatch):
-    """No plugin loaded or failed yet in this process, and STYLEGAN2_FAIR_OPS unset."""
+    """No plugin loaded or failed yet in this process, STYLEGAN2_FAIR_OPS unset, and a stand-in
+    GPU of compute capability 8.0 with kernels built for 8.0."""
     monkeypatch.setattr(cuda_build, '_plugin', None)
     monkeypatch.setattr(cuda_build, '_failure', None)
     monkeypatch.delenv(cuda_build.ENV_VAR, raising=False)
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '8.0')
+    monkeypatch.setattr(cuda_build, 'device_capability', lambda device: (8, 0))
 
 
 def _fake_cuda_tensor(dtype=torch.float32):
     # What the switch reads from a tensor: enough to exercise it on a machine without a GPU.
-    return types.SimpleNamespace(is_cuda=True, dtype=dtype)
+    return types.SimpleNamespace(is_cuda=True, dtype=dtype, device=torch.device('cuda', 0))
 
 
 def _record_builds(monkeypatch, result=None, error=None):
@@ -114,6 +117,66 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, fresh_state):
     assert len(calls) == 1  # not retried on every call
 
 
+def test_kernels_built_without_the_gpus_arch_warn_once_and_fall_back(monkeypatch, fresh_state):
+    # TORCH_CUDA_ARCH_LIST=8.0 on an H100: the build succeeds, yet no kernel has an image for 9.0.
+    calls = _record_builds(monkeypatch, result=object())
+    monkeypatch.setattr(cuda_build, 'device_capability', lambda device: (9, 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert not cuda_build.use_cuda_kernels(_fake_cuda_tensor(), 'auto')
+        assert not cuda_build.use_cuda_kernels(_fake_cuda_tensor(), 'auto')
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and 'do not include cuda:0' in messages[0] and 'add 9.0 to TORCH_CUDA_ARCH_LIST' \
+        in messages[0]
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match='cannot run on this GPU.*add 9.0 to TORCH_CUDA_ARCH_LIST'):
+        cuda_build.use_cuda_kernels(_fake_cuda_tensor(), 'cuda')
+
+
+def test_named_archs_are_checked_by_running_a_tiny_op(monkeypatch, fresh_state):
+    # 'Hopper' is for torch to expand: the check asks the GPU instead, by one kernel launch.
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', 'Hopper')
+    launches = []
+    monkeypatch.setattr(cuda_build, '_run_tiny_op', lambda plugin, device: launches.append(device))
+    _record_builds(monkeypatch, result=object())
+    assert cuda_build.use_cuda_kernels(_fake_cuda_tensor(), 'auto')
+    assert launches == [torch.device('cuda', 0)]
+
+
+@pytest.mark.parametrize('arch_list,capability,runs', [
+    ('8.0', (8, 0), True),
+    ('8.0', (8, 6), True),          # machine code runs on later minors of its major
+    ('8.6', (8, 0), False),         # ... not on earlier ones
+    ('8.0;8.6', (9, 0), False),     # nor on another major: TORCH_CUDA_ARCH_LIST=8.0 on an H100
+    ('8.0;9.0+PTX', (9, 0), True),
+    ('8.0+PTX', (9, 0), True),      # PTX is compiled by the driver for any newer GPU
+    ('9.0+PTX', (8, 6), False),     # ... but never for an older one
+    ('9.0a', (9, 0), True),
+    ('9.0a', (9, 1), False),        # arch-specific: that GPU only
+    ('9.0a+PTX', (10, 0), False),   # ... its PTX too
+    ('10.0f', (10, 3), True),       # family-specific: its major's later minors too
+    (['8.0', '8.6'], (8, 9), True),
+    ('8.0, 8.6', (9, 0), False),    # commas and spaces separate entries as ';' does
+    ('Ampere', (8, 0), None),       # names: only torch knows what they expand to
+    ('Hopper;8.0', (8, 6), True),   # a known entry that runs decides
+])
+def test_arch_list_runs_on(arch_list, capability, runs):
+    assert cuda_build.arch_list_runs_on(arch_list, capability) is runs
+
+
+def test_resolved_arch_list_is_the_argument_then_the_env_then_the_gpus(monkeypatch):
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '7.5;8.0')
+    assert cuda_build.resolve_arch_list('9.0+PTX') == ['9.0+PTX']
+    assert cuda_build.resolve_arch_list() == ['7.5', '8.0']
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', 'native')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 3)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: [(9, 0), (8, 0), (9, 0)][i])
+    assert cuda_build.resolve_arch_list() == ['8.0', '9.0+PTX']  # as torch builds for them: PTX for the newest
+    monkeypatch.delenv('TORCH_CUDA_ARCH_LIST')
+    assert cuda_build.resolve_arch_list() == ['8.0', '9.0+PTX']
+
+
 @pytest.mark.parametrize('how', ['env', 'impl'])
 def test_cuda_request_makes_a_failed_build_an_error(monkeypatch, fresh_state, how):
     _record_builds(monkeypatch, error=RuntimeError('nvcc fatal'))
@@ -147,6 +210,44 @@ def test_arch_list_becomes_gencode_flags():
     assert cuda_build.arch_flags(['8.6']) == ['-gencode=arch=compute_86,code=sm_86']
     with pytest.raises(ValueError, match='MAJOR.MINOR'):
         cuda_build.arch_flags('sm_80')
+
+
+NAME_CONFIG = dict(sources_digest='0123456789ab', torch_version='2.5.1+cu124', cuda_version='12.4',
+                   python_tag='cpython-311', arch_list=['8.0', '9.0+PTX'], cflags=['-O1'], cuda_cflags=['-O3'])
+
+
+def test_extension_name_is_stable_for_one_configuration():
+    name = cuda_build.extension_name(**NAME_CONFIG)
+    assert name == cuda_build.extension_name(**{k: (list(v) if isinstance(v, list) else v) for k, v in
+                                                 NAME_CONFIG.items()})
+    assert name.startswith('stylegan2_fair_ops_0123456789ab_') and name.isidentifier()
+
+
+@pytest.mark.parametrize('key,other', [
+    ('sources_digest', 'ba9876543210'), ('torch_version', '2.6.0+cu124'), ('cuda_version', '12.6'),
+    ('python_tag', 'cpython-312'), ('arch_list', ['8.0']), ('arch_list', ['8.0', '9.0']),
+    ('cflags', ['-O2']), ('cuda_cflags', ['-O3', '-gencode=arch=compute_80,code=sm_80']),
+])
+def test_extension_name_changes_with_each_part_of_the_configuration(key, other):
+    # Processes with another torch, CUDA or arch list must not share (and rewrite) one build directory.
+    assert cuda_build.extension_name(**{**NAME_CONFIG, key: other}) != cuda_build.extension_name(**NAME_CONFIG)
+
+
+def test_build_names_the_extension_after_its_configuration(monkeypatch, tmp_path):
+    # build_extension feeds extension_name what it compiles with: the resolved arch list among it.
+    from torch.utils import cpp_extension
+    loads = []
+    monkeypatch.setattr(cpp_extension, 'load', lambda **kwargs: loads.append(kwargs) or object())
+    monkeypatch.setattr(torch.version, 'cuda', '12.4')
+    monkeypatch.setattr(cuda_build, 'find_cuda_home', lambda: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path))
+    for archs in ('8.0', '9.0', '8.0'):
+        monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', archs)
+        cuda_build.build_extension(build_dir=str(tmp_path / 'build'))
+    cuda_build.build_extension(build_dir=str(tmp_path / 'build'), arch_list='9.0')
+    names = [kwargs['name'] for kwargs in loads]
+    assert names[0] != names[1] and names[0] == names[2] and names[3] not in names[:3]
+    assert loads[3]['extra_cuda_cflags'] == ['-O3', '-gencode=arch=compute_90,code=sm_90']
 
 
 def test_extension_name_changes_with_the_sources(monkeypatch, tmp_path):

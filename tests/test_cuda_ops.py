@@ -165,6 +165,21 @@ def test_bias_act_gradgradcheck_through_the_grad_function(reference_kernels):
     assert torch.autograd.gradgradcheck(fn, [x, b])
 
 
+def test_bias_act_fp16_second_derivative_keeps_gradient_products_below_fp16_range(reference_kernels):
+    # R1 through fp16 layers: dy and ddx of 1e-4 multiply to 1e-8, below float16's smallest
+    # subnormal (6e-8), yet d_b sums 512 of them per channel back into range (about 4e-6).
+    gen = torch.Generator().manual_seed(4)
+    x = (-0.5 - torch.rand(2, 4, 16, 16, generator=gen)).half().requires_grad_(True)  # selu'' = 1.76 exp(x)
+    b = torch.zeros(4, dtype=torch.float16, requires_grad=True)
+    dy = torch.full_like(x, 1e-4)
+    dx, = torch.autograd.grad(functions.bias_act_cuda(x, b, 1, 'selu', 0.0, 1.0, -1.0), x, dy, create_graph=True)
+    d_b, = torch.autograd.grad(dx, b, torch.full_like(x, 1e-4))  # a plain backward: the kernel's mode 2
+    selu_second = 1.0507009873554804 * 1.6732632423543772 * x.detach().double().exp()
+    expected = (dy.double() ** 2 * selu_second).sum(dim=(0, 2, 3))
+    assert d_b.dtype == torch.float16
+    torch.testing.assert_close(d_b.double(), expected, rtol=2e-2, atol=0)
+
+
 @pytest.mark.parametrize('act', ['tanh', 'swish', 'lrelu'])
 def test_bias_act_third_derivative_equals_reference(reference_kernels, act):
     # A recorded second backward (create_graph=True) switches to autograd through the reference.
@@ -466,6 +481,20 @@ def test_bias_act_kernel_fp16_input_with_fp32_bias_like_the_layers(gpu):
     db, = torch.autograd.grad(y.float().sum(), b)
     assert db.dtype == torch.float32
     _assert_close(y, bias_act.bias_act(x, b, act='lrelu', clamp=256, impl='ref'), torch.float16)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two CUDA GPUs')
+def test_kernels_reject_tensors_on_another_gpu_by_name(gpu):
+    # The kernels read every pointer on x's GPU: a bias or gradient elsewhere must be refused, not read.
+    plugin = cuda_build.get_plugin(required=True)
+    x, other = torch.zeros(4, 3, device='cuda:0'), torch.device('cuda:1')
+    with pytest.raises(RuntimeError, match="bias_act: b is on cuda:1 but x is on cuda:0; move b to x's device"):
+        plugin.bias_act(x, torch.zeros(3, device=other), None, 0, 1, 0, 0.0, 1.0, -1.0, False)
+    with pytest.raises(RuntimeError, match="bias_act: grad is on cuda:1 but x is on cuda:0; move grad"):
+        plugin.bias_act(x, None, torch.ones(4, 3, device=other), 1, 1, 0, 0.0, 1.0, -1.0, False)
+    with pytest.raises(RuntimeError, match="upfirdn2d: f is on cuda:1 but x is on cuda:0; move f"):
+        plugin.upfirdn2d(torch.zeros(1, 1, 4, 4, device='cuda:0'), torch.ones(2, 2, device=other),
+                         1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
 
 
 @requires_gpu

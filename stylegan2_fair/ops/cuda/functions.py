@@ -183,10 +183,22 @@ class _BiasActGrad(torch.autograd.Function):
             # the second-derivative kernel cannot provide; autograd through the reference can.
             d_x, d_b = _second_derivative_by_reference(ddx, dy, x, b, args, needs[1], needs[2])
         else:
-            d_z = _kernels().bias_act(x, b, ddx * dy, _SECOND_GRAD, *args.kernel_args(), False)[0]
-            d_x = d_z if needs[1] else None
-            d_b = _sum_to_bias(d_z, args.dim) if needs[2] else None
+            d_z = _second_derivative_by_kernel(ddx, dy, x, b, args)
+            d_x = d_z.to(x.dtype) if needs[1] else None
+            d_b = _sum_to_bias(d_z, args.dim).to(x.dtype) if needs[2] else None
         return d_dy, d_x, d_b, None, None
+
+
+def _second_derivative_by_kernel(ddx, dy, x, b, args):
+    """d_z = ddx * dy * act''(z) * gain * mask, in float32 for float16 inputs (the caller casts back).
+
+    The kernel takes one incoming gradient in x's dtype, so float16 would round the product of two
+    gradients to float16 first: products below 6e-8 (two gradients of 1e-4) vanish before act'' and
+    the sum into d_b could scale them back into range. This path only runs for the smooth
+    activations, never for lrelu training, so the float32 copies cost nothing that matters."""
+    if x.dtype == torch.float16:
+        x, b, ddx, dy = x.float(), (None if b is None else b.float()), ddx.float(), dy.float()
+    return _kernels().bias_act(x, b, ddx * dy, _SECOND_GRAD, *args.kernel_args(), False)[0]
 
 
 def _second_derivative_by_reference(ddx, dy, x, b, args, want_x, want_b):

@@ -41,6 +41,13 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
                 "; move it with .cuda() or use impl='ref'");
 }
 
+// The kernel dereferences every pointer on x's device: a tensor on another GPU would be read through a
+// foreign address (garbage or an illegal access) instead of failing.
+void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device(),
+                "; move ", name, " to x's device with .to(x.device)");
+}
+
 at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, int64_t up_x, int64_t up_y, int64_t down_x,
                      int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1,
                      bool flip_filter, double gain) {
@@ -50,8 +57,7 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, int64_t up_x, int
     TORCH_CHECK(x.dim() == 4, op, ": x must be [N, C, H, W], got ", x.sizes());
     TORCH_CHECK(f.dim() == 2, op, ": the kernel takes a 2-D filter [fh, fw], got ", f.sizes(),
                 "; apply a 1-D filter as two passes");
-    TORCH_CHECK(x.device() == f.device(), op, ": x and f are on different devices (", x.device(), ", ",
-                f.device(), ")");
+    check_same_device(f, x, op, "f");
     TORCH_CHECK(f.numel() > 0 && f.numel() <= kMaxFilterTaps, op, ": the filter must have 1 to ",
                 kMaxFilterTaps, " taps, got ", f.numel(), "; use a separable 1-D filter");
     TORCH_CHECK(up_x >= 1 && up_y >= 1 && down_x >= 1 && down_y >= 1, op, ": up and down must be >= 1");
@@ -142,6 +148,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
     }
     if (has_bias) {
         check_cuda(*b, op, "b");
+        check_same_device(*b, x, op, "b");
         TORCH_CHECK(b->dim() == 1 && b->size(0) == xd.size(dim), op, ": b must be 1-D with x.shape[dim]=",
                     xd.size(dim), " entries, got ", b->sizes());
         bias = b->to(xd.scalar_type()).contiguous();
@@ -150,6 +157,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> bias_act(
     if (mode != 0) {
         TORCH_CHECK(grad.has_value() && grad->defined(), op, ": the grad modes need the incoming gradient");
         check_cuda(*grad, op, "grad");
+        check_same_device(*grad, x, op, "grad");
         TORCH_CHECK(grad->sizes() == xd.sizes(), op, ": grad has shape ", grad->sizes(), ", x has ", xd.sizes());
         g = like_layout(*grad, xd);
         p.grad = g.data_ptr();
