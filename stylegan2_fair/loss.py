@@ -20,6 +20,19 @@ from .stats import report
 GAN_LOSSES = ('ns', 'hinge')
 
 
+# Adversarial terms, per sample (hooks reweighting a term use these, so they follow --gan-loss).
+def generator_loss(fake_logits, gan_loss='ns'):
+    return -fake_logits if gan_loss == 'hinge' else F.softplus(-fake_logits)  # -log(sigmoid(D(G(z))))
+
+
+def fake_loss(fake_logits, gan_loss='ns'):
+    return F.relu(1 + fake_logits) if gan_loss == 'hinge' else F.softplus(fake_logits)  # -log(1 - sigmoid(D(G(z))))
+
+
+def real_loss(real_logits, gan_loss='ns'):
+    return F.relu(1 - real_logits) if gan_loss == 'hinge' else F.softplus(-real_logits)  # -log(sigmoid(D(x)))
+
+
 class StyleGAN2Loss:
     def __init__(self, device, G, D, augment_pipe=None, style_mixing_prob=0.9, r1_gamma=10,
                  pl_batch_shrink=2, pl_decay=0.01, pl_weight=2, gan_loss='ns', extra_loss_fn=None):
@@ -58,16 +71,6 @@ class StyleGAN2Loss:
             img = self.augment_pipe(img)
         return self.D(img, c)
 
-    # Adversarial terms, per sample ---------------------------------------------------------------
-    def _generator_loss(self, fake_logits):
-        return -fake_logits if self.gan_loss == 'hinge' else F.softplus(-fake_logits)  # -log(sigmoid(D(G(z))))
-
-    def _fake_loss(self, fake_logits):
-        return F.relu(1 + fake_logits) if self.gan_loss == 'hinge' else F.softplus(fake_logits)  # -log(1 - sigmoid)
-
-    def _real_loss(self, real_logits):
-        return F.relu(1 - real_logits) if self.gan_loss == 'hinge' else F.softplus(-real_logits)  # -log(sigmoid(D(x)))
-
     def _backward(self, phase, loss, gain, batch):
         if self.extra_loss_fn is not None:
             extra = self.extra_loss_fn(phase, batch)
@@ -91,7 +94,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c)
             report('Loss/scores/fake', gen_logits)
             report('Loss/signs/fake', gen_logits.sign())
-            loss_Gmain = self._generator_loss(gen_logits)
+            loss_Gmain = generator_loss(gen_logits, self.gan_loss)
             report('Loss/G/loss', loss_Gmain)
             batch = PhaseBatch('Gmain', gain, gen_z=gen_z, gen_c=gen_c, gen_img=gen_img, gen_ws=gen_ws,
                                gen_logits=gen_logits)
@@ -106,7 +109,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c)
             report('Loss/scores/fake', gen_logits)
             report('Loss/signs/fake', gen_logits.sign())
-            loss_Dgen = self._fake_loss(gen_logits)
+            loss_Dgen = fake_loss(gen_logits, self.gan_loss)
         if do_Dmain or do_Dr1:
             real = real_img.detach().requires_grad_(do_Dr1)
             real_logits = self.run_D(real, real_c)
@@ -114,7 +117,7 @@ class StyleGAN2Loss:
             report('Loss/signs/real', real_logits.sign())
             loss = real_logits.sum() * 0  # keeps every D output in the graph for DDP
             if do_Dmain:
-                loss_Dreal = self._real_loss(real_logits)
+                loss_Dreal = real_loss(real_logits, self.gan_loss)
                 report('Loss/D/loss', loss_Dgen + loss_Dreal)
                 loss = loss + loss_Dgen.mean() + loss_Dreal.mean()
                 if on_real_logits is not None and real_idx is not None:

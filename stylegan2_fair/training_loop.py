@@ -55,6 +55,11 @@ class TrainingRun:
     def report(self, name, value):
         return stats.report(name, value)
 
+    def real_loss(self, logits):
+        """D's per-sample loss on reals with these logits, under the run's GAN loss."""
+        from .loss import real_loss
+        return real_loss(logits, self.gan_loss)
+
     def report0(self, name, value):
         """Report `value` from rank 0 only, for figures every rank holds alike. The other ranks report
         nothing under the same name, as the official training_stats needs every name on every rank."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stylegan2_fair.classifiers import CLASSIFIER_OPTION, Classifier
+from stylegan2_fair.loss import real_loss
 from stylegan2_fair.metrics import registered_metrics
 from stylegan2_fair.metrics.fairness import fairness_discrepancy, fairness_metric
 from training_hooks import PhaseBatch
@@ -46,9 +47,12 @@ class FakeRun:
 
     def __init__(self, G=None, training_set=None, gather=None, rank=0, world_size=1):
         self.G, self.training_set, self.rank, self.world_size = G, training_set, rank, world_size
-        self.device = torch.device('cpu')
+        self.device, self.gan_loss = torch.device('cpu'), 'ns'
         self.reports = collections.defaultdict(list)
         self._gather = gather
+
+    def real_loss(self, logits):
+        return real_loss(logits, self.gan_loss)
 
     def report(self, name, value):
         self.reports[name].append(value)
@@ -230,17 +234,19 @@ def test_reweight_soft_weights_mix_the_class_ratios_by_probability():
     assert torch.allclose(weights, raw / raw.mean())
 
 
-def test_reweight_term_turns_the_real_loss_into_a_weighted_one():
+@pytest.mark.parametrize('gan_loss', ['ns', 'hinge'])
+def test_reweight_term_turns_the_real_loss_into_a_weighted_one(gan_loss):
     labels = [0, 0, 0, 1]
     hook = ImportanceReweighting(classifier=PixelValueClassifier(2))
     run = FakeRun(training_set=LabelledImages(labels))
+    run.gan_loss = gan_loss
     hook.setup(run)
     idx = torch.tensor([3, 0, 1])
     logits = torch.tensor([[0.3], [-1.2], [2.0]])
     batch = PhaseBatch('Dmain', 1.0, real_idx=idx, real_logits=logits)
-    plain = F.softplus(-logits).mean()
-    total = plain + hook.phase_loss(run, 'Dmain', batch)
-    assert torch.isclose(total, (hook.weights[idx] * F.softplus(-logits.flatten())).mean())
+    per_sample = F.relu(1 - logits) if gan_loss == 'hinge' else F.softplus(-logits)  # the loop's real loss
+    total = per_sample.mean() + hook.phase_loss(run, 'Dmain', batch)
+    assert torch.isclose(total, (hook.weights[idx] * per_sample.flatten()).mean())
     assert hook.phase_loss(run, 'Gmain', PhaseBatch('Gmain', 1.0)) is None
 
 

@@ -18,7 +18,6 @@ import math
 
 import click
 import torch
-import torch.nn.functional as F
 
 from stylegan2_fair.classifiers import CLASSIFIER_OPTION, create_classifier
 from .base import TrainingHook, register_hook
@@ -94,7 +93,7 @@ class ImportanceReweighting(TrainingHook):
             return None
         w = self.weights[batch.real_idx.to(self.weights.device).long()].to(batch.real_logits.device)
         run.report('Reweight/weight', w)
-        extra = (w - 1) * F.softplus(-batch.real_logits.flatten())
+        extra = (w - 1) * run.real_loss(batch.real_logits.flatten())
         return extra.mean()
 
     def state_dict(self):
