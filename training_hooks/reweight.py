@@ -11,8 +11,8 @@ C(x) is the hard prediction (argmax) and p_bias the share of each predicted clas
 With --reweight-soft, w(x) = sum_d p(d|x) (1/|D|) / p_bias(d) with p_bias the mean probabilities.
 The weights are then normalised to mean 1 over the dataset, so the loss scale is unchanged.
 
-The loss owns the plain term mean(softplus(-D(x))); this hook adds
-mean((w(x) - 1) * softplus(-D(x))) in Dmain, so the total real term is mean(w(x) softplus(-D(x))).
+The loss owns the plain term mean(L(D(x))), L = softplus(-.) (or relu(1 - .) under --gan-loss=hinge);
+this hook adds mean((w(x) - 1) * L(D(x))) in Dmain, so the total real term is mean(w(x) L(D(x))).
 """
 import math
 
