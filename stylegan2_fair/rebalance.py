@@ -75,7 +75,7 @@ class SearchOptions:
     sigma: float = 0.5                     # z: child = parent + N(0, sigma^2)
     delta: float = 0.3                     # w: child = parent + U(-delta, delta), elementwise
     num_children: int = 3
-    max_candidates: Optional[int] = None   # per class, images rendered; default max(100 N, 10,000)
+    max_candidates: Optional[int] = None   # per class, candidates examined; default max(100 N, 10,000)
     max_per_root: Optional[int] = None     # xi: latents kept per tree before a new root is drawn
     batch: int = 256                       # candidates per generator/classifier call
     min_confidence: float = 0.0            # keep only if C's probability of t reaches this
@@ -383,15 +383,13 @@ class RebalanceSearch:
         return None
 
     def _settle(self, s, items, latents, labels, probs, images):
-        s.counts['evaluated'] += len(items)
         if items[0][0] == 'root':
-            s.counts['root_evaluated'] += len(items)
-            s.counts['root_hits'] += int(np.sum(np.argmax(probs, axis=1) == s.index))
-            s.best_confidence = max(s.best_confidence, float(probs[:, s.index].max()))
             for k, (item, latent, label, p, image) in enumerate(zip(items, latents, labels, probs, images)):
+                self._count_root_candidate(s, p)
                 if self._qualifies(s, latent, p) is None:
                     # The first qualifying random latent is the root. The candidates after it are kept
-                    # aside: the next root search of this class starts with them, as one-at-a-time would.
+                    # aside, not yet counted: the next root search of this class starts with them, as
+                    # one-at-a-time would (a resume, which does not save them, renders them again).
                     s.root_pos = item[1] + 1
                     s.lookahead = {it[1]: rest for it, *rest in list(zip(items, latents, labels, probs, images))[k + 1:]}
                     self._start_tree(s, latent, label, p, image)
@@ -399,10 +397,14 @@ class RebalanceSearch:
             s.root_pos = items[-1][1] + 1
             return
         xi = self.options.max_per_root
-        for item, latent, label, p, image in zip(items, latents, labels, probs, images):
-            _, j, _, _, dist = item
+        for k, (item, latent, label, p, image) in enumerate(zip(items, latents, labels, probs, images)):
+            _, j, c, _, dist = item
             if s.num_kept >= self.options.per_class:
-                break  # done: the rest of the batch was rendered for nothing
+                # Done. The unsettled children go back to the queue front, uncounted, so that a rerun
+                # with a larger N (--keep-state) continues exactly where a longer run would have.
+                s.queue.extendleft((it[1], it[2], it[3], it[4]) for it in reversed(items[k:]))
+                break
+            s.counts['evaluated'] += 1
             tree = s.tree[j]
             if xi is not None and s.trees[tree][1] >= xi:
                 s.counts['dropped_tree_full'] += 1
@@ -417,11 +419,18 @@ class RebalanceSearch:
         s.trees.append([s.num_kept, 0])
         self._keep(s, latent, len(s.trees) - 1, -1, 0.0, label, probs, image)
 
+    def _count_root_candidate(self, s, probs):
+        s.counts['evaluated'] += 1
+        s.counts['root_evaluated'] += 1
+        s.counts['root_hits'] += int(np.argmax(probs) == s.index)
+        s.best_confidence = max(s.best_confidence, float(probs[s.index]))
+
     def _root_from_lookahead(self, s):
         """Look for the next root among candidates already rendered (no G call), in stream order."""
-        while s.root_pos in s.lookahead:
+        while s.root_pos in s.lookahead and not self.finished(s):
             latent, label, probs, image = s.lookahead.pop(s.root_pos)
             s.root_pos += 1
+            self._count_root_candidate(s, probs)
             if self._qualifies(s, latent, probs) is None:
                 self._start_tree(s, latent, label, probs, image)
                 break

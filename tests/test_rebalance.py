@@ -163,6 +163,40 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path, monkeypatch
     assert sorted((x['cls'], x['index']) for x in samples) == [(t, j) for t in range(3) for j in range(60)]
 
 
+def test_counters_and_the_candidate_cap_do_not_depend_on_interruptions(tmp_path):
+    # Candidates rendered after a root wait aside until examined; a resume, which does not save them,
+    # renders them again. Counting them only when examined keeps the report and the cap the same.
+    def interrupted_at_every_batch(**options):
+        state_dir = str(tmp_path / str(sorted(options.items())))
+        for stop in range(1, 60):
+            def on_batch(s, stop=stop):
+                if s.num_steps >= stop:
+                    raise KeyboardInterrupt
+            try:
+                search(state_dir=state_dir, **options).run(progress=False, on_batch=on_batch)
+            except KeyboardInterrupt:
+                continue
+            break
+        return search(state_dir=state_dir, **options).run(progress=False)
+    for cap in (None, 90):
+        options = dict(max_per_root=3, max_candidates=cap)
+        whole, pieces = search(**options).run(progress=False), interrupted_at_every_batch(**options)
+        for a, b in zip(whole.searches, pieces.searches):
+            assert a.counts == b.counts and a.num_kept == b.num_kept
+            assert np.array_equal(a.kept[:], b.kept[:])
+        capped = [s for s in whole.searches if s.num_kept < 40]
+        assert all(s.counts['evaluated'] == cap for s in capped) and (cap is None) != bool(capped)
+
+
+def test_keep_state_run_to_a_larger_n_continues_as_one_longer_run(tmp_path):
+    state_dir = str(tmp_path / 'state')
+    search(per_class=20, batch=16, state_dir=state_dir).run(progress=False)
+    continued = search(per_class=50, batch=16, state_dir=state_dir).run(progress=False)
+    longer = search(per_class=50, batch=16).run(progress=False)
+    for a, b in zip(continued.searches, longer.searches):
+        assert a.num_kept == b.num_kept == 50 and np.array_equal(a.kept[:], b.kept[:])
+
+
 class ConditionalGenerator(CoordinateGenerator):
     """G's label adds 6 to its class's coordinate: with the right label every class is easy to find."""
     c_dim = 3

@@ -61,7 +61,8 @@ class LabelClassifier(Classifier):
                        channels=self.channels, width=self.width,
                        state_dict={k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
                        metrics={k: float(v) for k, v in (metrics or {}).items()}, data=str(data or ''))
-        torch.save(payload, path)
+        from ..fileio import atomic_write
+        atomic_write(path, lambda f: torch.save(payload, f), suffix='.pt')
 
 
 def load_label_classifier(path):

@@ -11,6 +11,7 @@ the sum), and the images of every process are gathered before counting.
 The std is the population std over the sets (numpy's default, ddof=0).
 """
 import math
+import os
 
 import numpy as np
 import torch
@@ -127,7 +128,9 @@ def plot_class_distribution(path, class_names, series, title=None):
         ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from ..fileio import atomic_write
+    fmt = os.path.splitext(str(path))[1].lstrip('.').lower() or 'png'
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100), suffix=f'.{fmt}')
     plt.close(fig)
     return path
 
