@@ -218,3 +218,17 @@ def test_failed_conversion_leaves_no_partial_files(tmp_path):
     result = run(f'--source={source}', f'--dest={tmp_path / "out.zip"}', '--resolution=8')
     assert result.exit_code != 0 and 'b.png' in result.output
     assert sorted(os.listdir(tmp_path)) == ['src']
+
+
+def test_home_relative_dest_and_a_missing_attribute_list_after_an_equals_sign(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(convert, ['--source=toy:colored-digits', '--dest=~/x.zip', '--num-images=8',
+                                     '--resolution=8'])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / 'x.zip').is_file() and not (tmp_path / '~').exists()
+    result = runner.invoke(convert, ['--source=toy:colored-digits', '--dest=~/y.zip', '--num-images=8',
+                                     '--resolution=8', '--attributes=~/list_attr_celeba.txt'])
+    assert result.exit_code != 0 and 'Traceback' not in result.output
+    assert f'{tmp_path}/list_attr_celeba.txt: no such file' in result.output and not (tmp_path / 'y.zip').exists()

@@ -289,3 +289,33 @@ def test_report0_names_the_stat_on_every_rank_with_rank0_values_only(rank):
     run.report = lambda name, value: seen.append((name, value))
     run.report0('Dia/score', [1.0, 2.0])
     assert seen == [('Dia/score', [1.0, 2.0] if rank == 0 else [])]
+
+
+def test_batch_that_does_not_split_into_mbstd_groups_is_refused_before_training(tmp_path, toy_zip):
+    result = CliRunner().invoke(train, ['--outdir', str(tmp_path), '--data', toy_zip, '--cfg=tiny', '--batch=6', '-n'])
+    assert result.exit_code != 0 and 'Traceback' not in result.output
+    assert 'minibatch-std groups of 4' in result.output and '--batch=8' in result.output
+    _, args = setup_training_options(data=toy_zip, cfg='tiny', batch=2, workers=0, device='cpu')  # group = batch
+    assert args['batch_gpu'] == 2
+
+
+def test_nhwc_puts_the_fp16_layers_in_channels_last(toy_zip):
+    _, args = setup_training_options(data=toy_zip, cfg='tiny', nhwc=True, workers=0, device='cpu')
+    assert args['G_kwargs']['synthesis_kwargs']['fp16_channels_last'] is True
+    assert args['D_kwargs']['block_kwargs']['fp16_channels_last'] is True
+    from stylegan2_fair.networks import Discriminator
+    D = Discriminator(c_dim=0, img_resolution=16, img_channels=3, **{**args['D_kwargs'], 'num_fp16_res': 4})
+    assert any(getattr(block, 'channels_last', False) for block in D.modules())
+
+
+def test_home_relative_paths_after_an_equals_sign_are_expanded(tmp_path, toy_zip, monkeypatch):
+    # The shell does not expand ~ in --data=~/x.zip; the tool must, or it makes a literal ./~ folder.
+    import shutil
+    home = tmp_path / 'home'
+    home.mkdir()
+    shutil.copy(toy_zip, home / 'x.zip')
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(train, ['--outdir=~/runs', '--data=~/x.zip', '--cfg=tiny', '--resume=noresume', '-n'])
+    assert result.exit_code == 0, result.output
+    assert f'Output directory:   {home}/runs/00000-' in result.output and not (tmp_path / '~').exists()

@@ -281,6 +281,7 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
                     seed=0, majority=0.99, imbalance=0.1, attributes_file=None, labels_spec=None,
                     overwrite=False, progress=True):
     """Library form of the `convert` command; returns a summary dict."""
+    dest = os.path.expanduser(dest)  # the shell leaves ~ in --dest=~/x.zip alone
     if source.startswith('toy:'):
         if transform is not None:
             raise ConvertError('--transform applies to image sources; toy datasets are rendered at '
@@ -309,7 +310,11 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
     if resolution is not None and not _is_power_of_two(resolution):
         raise ConvertError(f'--resolution={resolution} must be a power of two (e.g. 64, 256, 1024).')
     if attributes_file is not None:
-        merge_attribute_list(src, os.path.expanduser(attributes_file))
+        attributes_file = os.path.expanduser(attributes_file)
+        if not os.path.isfile(attributes_file):
+            raise ConvertError(f'--attributes={attributes_file}: no such file; give the path of '
+                               f'list_attr_celeba.txt or a .csv of attributes.')
+        merge_attribute_list(src, attributes_file)
     label_names = labels_from(src, labels_spec) if labels_spec else None
 
     if src.channels is None:
@@ -371,7 +376,7 @@ def _describe_labels(labels, label_names):
 @click.option('--resolution', type=click.IntRange(min=4), help='Output size NxN, a power of two (toy default 32).')
 @click.option('--transform', type=click.Choice(['center-crop', 'pad', 'stretch']),
               help='How to make images square with --resolution (default center-crop).')
-@click.option('--attributes', 'attributes_file', type=click.Path(exists=True, dir_okay=False),
+@click.option('--attributes', 'attributes_file', type=click.Path(dir_okay=False),
               help='CelebA-style attribute list (list_attr_celeba.txt or .csv) to store as attributes.')
 @click.option('--labels-from', 'labels_spec', metavar='subfolder|attributes:A[,B]',
               help='Make labels from class subfolders or from attributes (for --cond).')

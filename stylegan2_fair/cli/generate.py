@@ -110,6 +110,7 @@ def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, 
     """
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    network_pkl, outdir = os.path.expanduser(network_pkl), os.path.expanduser(outdir)  # ~ after --opt=
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise click.UsageError(f'--outdir={outdir} is a file; choose a folder')
     data, G = load_generator(network_pkl, device)

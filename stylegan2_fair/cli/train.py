@@ -55,6 +55,11 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
                            snap_minutes=None, lr_scale=1.0, resume_arch=False, gan_loss='ns', hook_kwargs=None):
     """Validate options and return (run description, kwargs for TrainingLoop)."""
     from ..dataset import ImageFolderDataset
+    data = os.path.expanduser(data)  # the shell leaves ~ in --data=~/x.zip alone
+    if resume == 'noresume':  # the official spelling of "no pickle"
+        resume = None
+    if resume is not None and '://' not in resume:
+        resume = os.path.expanduser(resume)
     args = dict(G_kwargs={}, D_kwargs={})
     if gpus < 1 or gpus & (gpus - 1):
         raise UserError(f'--gpus={gpus}: must be a power of two (1, 2, 4, 8, ...)')
@@ -158,6 +163,12 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
         args['batch_size'] = batch
         args['batch_gpu'] = batch // gpus
     args['batch_gpu'] = max(min(args['batch_gpu'], args['batch_size'] // gpus), 1)
+    group = args['D_kwargs']['epilogue_kwargs']['mbstd_group_size']
+    if group and args['batch_gpu'] % min(group, args['batch_gpu']):
+        # D's minibatch-std layer splits each GPU's batch into groups of this size (it would fail at step 1).
+        fit = -(-args['batch_gpu'] // group) * group * gpus
+        raise UserError(f'--batch={args["batch_size"]} gives {args["batch_gpu"]} images per GPU, which does not '
+                        f'split into minibatch-std groups of {group} (--cfg={cfg}); use --batch={fit}')
     if kimg_per_tick is not None:
         if kimg_per_tick <= 0:
             raise UserError('--kimg-per-tick must be positive')
@@ -229,8 +240,9 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
     if fp32:
         args['G_kwargs']['synthesis_kwargs']['num_fp16_res'] = args['D_kwargs']['num_fp16_res'] = 0
         args['G_kwargs']['synthesis_kwargs']['conv_clamp'] = args['D_kwargs']['conv_clamp'] = None
-    if nhwc:
-        raise UserError('--nhwc is not supported by stylegan2-fair yet; drop the flag')
+    if nhwc:  # channels-last memory format for the fp16 layers, as the official option
+        args['G_kwargs']['synthesis_kwargs']['fp16_channels_last'] = True
+        args['D_kwargs']['block_kwargs']['fp16_channels_last'] = True
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda' and not torch.cuda.is_available():
@@ -540,7 +552,9 @@ def train(outdir, dry_run, dist_timeout, **kwargs):
     is_rank0 = env is None or env[0] == 0
     own = set(setup_training_options.__code__.co_varnames[:setup_training_options.__code__.co_argcount])
     own_kwargs = {k: v for k, v in kwargs.items() if k in own}
+    outdir = os.path.expanduser(outdir)
     resume = own_kwargs.get('resume')
+    resume = os.path.expanduser(resume) if resume is not None and '://' not in resume else resume
     if resume is not None and os.path.isdir(resume):
         own_kwargs['resume'] = 'auto'  # continue that run dir: no pickle to load as a start
     desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
