@@ -319,3 +319,14 @@ def test_home_relative_paths_after_an_equals_sign_are_expanded(tmp_path, toy_zip
     result = CliRunner().invoke(train, ['--outdir=~/runs', '--data=~/x.zip', '--cfg=tiny', '--resume=noresume', '-n'])
     assert result.exit_code == 0, result.output
     assert f'Output directory:   {home}/runs/00000-' in result.output and not (tmp_path / '~').exists()
+
+
+@pytest.mark.parametrize('method', ['fairness', 'reweight'])
+def test_missing_classifier_file_is_a_clear_error_before_the_run_dir(tmp_path, toy_zip, method):
+    outdir = tmp_path / 'out'
+    result = CliRunner().invoke(train, ['--outdir', str(outdir), '--data', toy_zip, '--cfg=tiny', '--kimg=1',
+                                        '--workers=0', f'--fair-method={method}',
+                                        f'--classifier=labels:{tmp_path}/nope.pt'])
+    assert result.exit_code != 0 and 'Traceback' not in result.output
+    assert 'nope.pt: no such file' in result.output and 'train-classifier' in result.output
+    assert not outdir.exists() or not os.listdir(outdir)

@@ -65,6 +65,11 @@ class FairnessLoss(TrainingHook):
         self.p_running = None  # running estimate of p(d) under G, float64 [|D|]
         self.num_updates = 0
 
+    def check_dataset(self, training_set):
+        # Building it once here turns a missing or unreadable classifier into a clean error before
+        # the run dir exists (the message names the file and how to get it).
+        create_classifier(self.classifier_spec, img_resolution=training_set.resolution)
+
     def setup(self, run):
         self.classifier = create_classifier(self.classifier_spec, device=run.device,
                                             img_resolution=run.G.img_resolution)

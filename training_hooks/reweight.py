@@ -73,6 +73,11 @@ class ImportanceReweighting(TrainingHook):
         self.weights = None   # float32 [len(dataset)] on the device
         self.p_bias = None    # float64 [|D|]
 
+    def check_dataset(self, training_set):
+        # Building it once here turns a missing or unreadable classifier into a clean error before
+        # the run dir exists (the message names the file and how to get it).
+        create_classifier(self.classifier_spec, img_resolution=training_set.resolution)
+
     def setup(self, run):
         classifier = create_classifier(self.classifier_spec, device=run.device,
                                        img_resolution=run.training_set.resolution)
