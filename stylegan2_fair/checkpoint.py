@@ -505,7 +505,8 @@ def load_state_into(module, source, strict=False, what=None):
     if problems:
         raise CheckpointError(f'cannot load {what}: ' + '\n  '.join(problems) +
                               '\n  Resume needs the same network options (resolution, channels, '
-                              'mapping layers, architecture) as the run that wrote the pickle.')
+                              'mapping layers, architecture) as the run that wrote the pickle: pass the --cfg it '
+                              'was trained with, or --resume-arch=1 to build G and D as the pickle\'s networks.')
     copied = sorted(set(targets) & set(source))
     with torch.no_grad():
         for name in copied:

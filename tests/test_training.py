@@ -211,7 +211,7 @@ def test_resume_with_mismatched_shapes_lists_the_names(tmp_path, toy_zip):
     args.update(total_kimg=0.004, resume_pkl=str(tmp_path / 'a' / 'network-snapshot-000000.pkl'))
     with pytest.raises(Exception) as info:
         TrainingLoop(run_dir=str(tmp_path / 'b'), progress=False, **args).train()
-    assert 'synthesis.b8.conv0.weight' in str(info.value)
+    assert 'synthesis.b8.conv0.weight' in str(info.value) and '--resume-arch=1' in str(info.value)
 
 
 @pytest.mark.slow
