@@ -41,9 +41,9 @@ import os
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from stylegan2_fair import distributed, imaging
+from stylegan2_fair.loss import fake_loss, real_loss
 from stylegan2_fair.samplers import InfiniteSampler, WeightedInfiniteSampler
 from .base import TrainingHook, register_hook
 
@@ -383,8 +383,9 @@ class SelfDiagnosingHook(TrainingHook):
                 start += n
                 fake_logits = aux(pipe(gen_img) if pipe is not None else gen_img, gen_c)
                 real_logits = aux(pipe(real) if pipe is not None else real, r_c)
-                loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-                run.report('Dia/aux/loss', F.softplus(fake_logits) + F.softplus(-real_logits))
+                per_sample = fake_loss(fake_logits) + real_loss(real_logits)  # non-saturating, whatever --gan-loss
+                loss = per_sample.mean()
+                run.report('Dia/aux/loss', per_sample)
                 run.report('Dia/aux/scores_real', real_logits)
                 run.report('Dia/aux/scores_fake', fake_logits)
                 if do_r1:
