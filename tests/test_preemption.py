@@ -141,6 +141,30 @@ def test_resume_auto_takes_the_newest_complete_state_of_the_same_run(tmp_path):
     assert plan_run_dir(str(tmp_path), 'new-desc', 'auto') == (str(tmp_path / '00003-new-desc'), None, True)
 
 
+def test_auto_resume_continues_a_finetune_and_only_starts_from_its_pickle_once(tmp_path):
+    run = tmp_path / 'out' / '00000-toy-tiny-resumebiased'
+    run.mkdir(parents=True)
+    start = str(tmp_path / 'biased.pkl')
+    assert plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start, auto_resume=True)[1:] == (None, True)
+    (run / 'network-snapshot-000008.pkl').write_bytes(b'x')
+    (run / 'training-state-000008.pt').write_bytes(b'x')
+    continued = plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start, auto_resume=True)
+    assert continued == (str(run), (str(run / 'network-snapshot-000008.pkl'), str(run / 'training-state-000008.pt')),
+                         False)
+    # Without --auto-resume the official meaning holds: every launch is a new run from the pickle.
+    assert plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start)[1:] == (None, True)
+
+
+def test_resume_auto_finds_runs_whose_names_hold_glob_characters(tmp_path):
+    outdir = tmp_path / 'runs[v2]'
+    run = outdir / '00000-faces[a]-tiny'
+    run.mkdir(parents=True)
+    (run / 'network-snapshot-000001.pkl').write_bytes(b'x')
+    (run / 'training-state-000001.pt').write_bytes(b'x')
+    (outdir / '00001-facesa-tiny').mkdir()  # what the unescaped pattern [a] would match instead
+    assert find_resume_state(str(outdir), 'faces[a]-tiny', 'auto')[0] == str(run)
+
+
 # The command line, killed with SIGTERM ------------------------------------------------------------
 
 def train_command(outdir, data, *extra):
@@ -198,6 +222,17 @@ def sigterm_then_same_command(tmp_path, data, extra=()):
 
 def test_sigterm_then_the_same_command_ends_with_the_uninterrupted_weights(tmp_path, toy_zip):
     sigterm_then_same_command(tmp_path, toy_zip)
+    assert_same_snapshots(final_networks(tmp_path / 'reference'), final_networks(tmp_path / 'preempted'))
+
+
+def test_sigterm_during_a_finetune_then_the_same_command_continues_it_exactly(tmp_path, toy_zip):
+    run_loop(tmp_path / 'start', toy_zip)  # the biased model a retrofit finetunes
+    start = tmp_path / 'start' / 'network-snapshot-000000.pkl'
+    output = sigterm_then_same_command(tmp_path, toy_zip, extra=[f'--resume={start}', '--resume-arch=1',
+                                                                 '--lr-scale=0.1', '--auto-resume'])
+    assert 'Resuming from' in output  # the first launch started from the pickle
+    (run_dir,) = (tmp_path / 'preempted').iterdir()
+    assert '-resumenetworksnapshot' in run_dir.name
     assert_same_snapshots(final_networks(tmp_path / 'reference'), final_networks(tmp_path / 'preempted'))
 
 

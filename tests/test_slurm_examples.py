@@ -96,7 +96,7 @@ def test_sbatch_script_is_valid_bash_and_its_train_command_parses(path, toy_zip,
     subprocess.run(['bash', '-n', path], check=True)
     assert re.search(r'^#SBATCH --nodes=\d+', open(path).read(), re.M)
     words = training_command(path)
-    assert '--resume=auto' in words  # a resubmitted or requeued job continues the run
+    assert '--auto-resume' in words  # a resubmitted or requeued job continues the run, finetunes included
     assert not any(word.startswith('--gpus') for word in words)  # the world size comes from srun/torchrun
     args = expand(words, OUTDIR=str(tmp_path / 'runs'), DATA=toy_zip)
     result = CliRunner().invoke(train, args + ['--device=cpu', '--dry-run'])

@@ -315,8 +315,8 @@ def hook_kwargs_for(name, cli_kwargs):
 
 
 def next_run_dir(outdir, desc):
-    ids = [int(m.group()) for m in (re.match(r'^\d+', os.path.basename(d)) for d in glob.glob(os.path.join(outdir, '*')))
-           if m is not None]
+    names = (os.path.basename(d) for d in glob.glob(os.path.join(glob.escape(outdir), '*')))
+    ids = [int(m.group()) for m in (re.match(r'^\d+', name) for name in names) if m is not None]
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 
@@ -324,10 +324,11 @@ def find_resume_state(outdir, desc, resume):
     """For --resume=auto (or a run dir): the newest run dir of this desc holding a complete state, or None."""
     if resume != 'auto':
         candidates = [resume]
-    else:
-        candidates = sorted(glob.glob(os.path.join(outdir, f'[0-9][0-9][0-9][0-9][0-9]-{desc}')), reverse=True)
+    else:  # escaped: a dataset or outdir name may hold glob characters such as [ ]
+        pattern = os.path.join(glob.escape(outdir), '[0-9]' * 5 + '-' + glob.escape(desc))
+        candidates = sorted(glob.glob(pattern), reverse=True)
     for run_dir in candidates:
-        states = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), reverse=True)
+        states = sorted(glob.glob(os.path.join(glob.escape(run_dir), 'training-state-*.pt')), reverse=True)
         for state in states:
             pkl = state.replace('training-state-', 'network-snapshot-').replace('.pt', '.pkl')
             if os.path.isfile(pkl):
@@ -335,17 +336,19 @@ def find_resume_state(outdir, desc, resume):
     return None
 
 
-def plan_run_dir(outdir, desc, resume):
-    """(run_dir, resume_files or None, fresh): continue the newest complete state for --resume=auto
-    (or a run dir), else a new numbered run dir."""
+def plan_run_dir(outdir, desc, resume, auto_resume=False):
+    """(run_dir, resume_files or None, fresh): continue the newest complete state of this run for
+    --resume=auto or --auto-resume (or of a run dir given as --resume), else a new numbered run dir.
+    With --auto-resume a --resume pickle is only the start of a run that has no state yet."""
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise UserError(f'--outdir={outdir} is a file, not a folder; choose another --outdir')
-    if resume is not None and (resume == 'auto' or os.path.isdir(resume)):
-        found = find_resume_state(outdir, desc, resume)
+    run_dir_given = resume is not None and resume != 'auto' and os.path.isdir(resume)
+    if run_dir_given or auto_resume or resume == 'auto':
+        found = find_resume_state(outdir, desc, resume if run_dir_given else 'auto')
         if found is not None:
             run_dir, pkl, state = found
             return run_dir, (pkl, state), False
-        if resume != 'auto':
+        if run_dir_given:
             raise UserError(f'--resume={resume}: no complete training state in that folder')
     return next_run_dir(outdir, desc), None, True
 
@@ -507,6 +510,8 @@ def _hook_cli_options():
 @click.option('--target', help='ADA target value for --aug=ada', type=float)
 @click.option('--augpipe', help='Augmentation pipeline', type=click.Choice(AUGPIPES), default='bgc')
 @click.option('--resume', help='Resume from a network pickle, or "auto" to continue the newest state of this run', metavar='PKL')
+@click.option('--auto-resume', help='Continue the newest complete state of this run if there is one, else start '
+              '(from the --resume pickle if given): for requeued jobs, finetunes included', is_flag=True)
 @click.option('--freezed', help='Freeze-D: number of frozen discriminator layers', type=int, default=0, metavar='INT')
 @click.option('--resume-arch', help='Build G and D as the --resume pickle\'s networks instead of from --cfg '
               '(to finetune a pickle trained with other settings, e.g. an official one)', type=bool, default=False,
@@ -523,12 +528,13 @@ def _hook_cli_options():
 @click.option('--fair-method', help='Comma-separated training hooks: ' + ', '.join(['none'] + training_hooks.list_hooks()),
               default='none')
 @_apply(_hook_cli_options())
-def train(outdir, dry_run, dist_timeout, **kwargs):
+def train(outdir, dry_run, dist_timeout, auto_resume, **kwargs):
     """Train a StyleGAN2-ADA model, optionally with fairness methods (--fair-method).
 
     Under torchrun or srun each process is one rank (no --gpus needed). SIGTERM or SIGUSR1 stops
     all ranks after the same step, writes a snapshot with the full training state and exits with
-    status 75; the same command with --resume=auto continues exactly from there.
+    status 75; the same command with --resume=auto continues exactly from there (with --auto-resume
+    also when --resume names the pickle a finetune starts from).
 
     \b
     Examples:
@@ -581,7 +587,7 @@ def train(outdir, dry_run, dist_timeout, **kwargs):
     plan = None
     if is_rank0:
         try:
-            plan = plan_run_dir(outdir, desc, resume)
+            plan = plan_run_dir(outdir, desc, resume, auto_resume)
         except UserError as e:
             plan = e.message
     if not dry_run:
@@ -615,8 +621,9 @@ def train(outdir, dry_run, dist_timeout, **kwargs):
     status = launch(run_dir, args, resume_files, dist_timeout=dist_timeout, env=env)
     if status == 'stopped':
         if is_rank0:
-            print(f'Stopped early; the same command with --resume=auto continues from the saved state '
-                  f'(exit status {PREEMPTED_EXIT_CODE})')
+            continues = auto_resume or resume == 'auto' or (resume is not None and os.path.isdir(resume))
+            how = 'the same command' if continues else 'the same command with --auto-resume added'
+            print(f'Stopped early; {how} continues from the saved state (exit status {PREEMPTED_EXIT_CODE})')
         sys.exit(PREEMPTED_EXIT_CODE)
 
 
