@@ -175,12 +175,16 @@ def test_unconditional_training_takes_a_dataset_without_labels(tmp_path, toy_zip
     assert args['training_set_kwargs']['use_labels'] is False
 
 
-@pytest.mark.parametrize('case', ['missing', 'corrupt', 'cond-without-labels', 'outdir-is-file', 'bad-gpus'])
-def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_zip, case):
+@pytest.mark.parametrize('case', ['missing', 'corrupt', 'cond-without-labels', 'outdir-is-file', 'bad-gpus',
+                                  'more-gpus-than-the-machine', 'missing-detector', 'bad-detector'])
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_zip, case, monkeypatch):
     outdir = tmp_path / 'out'
     args = ['--outdir', str(outdir), '--data', toy_zip, '--cfg=tiny', '--kimg=1', '--workers=0']
     expect = {'missing': 'no such file', 'corrupt': 'zip', 'cond-without-labels': '--cond',
-              'outdir-is-file': 'is a file', 'bad-gpus': 'power of two'}[case]
+              'outdir-is-file': 'is a file', 'bad-gpus': 'power of two',
+              'more-gpus-than-the-machine': '--gpus=2 but this machine shows 1 GPU(s)',
+              'missing-detector': 'inception-2015-12-05.pt was not found',
+              'bad-detector': 'no such file or folder'}[case]
     if case == 'missing':
         args[3] = str(tmp_path / 'nope.zip')
     elif case == 'corrupt':
@@ -194,6 +198,15 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, toy_zip, case):
         outdir.write_text('precious')
     elif case == 'bad-gpus':
         args.append('--gpus=3')
+    elif case == 'more-gpus-than-the-machine':
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+        args += ['--device=cuda', '--gpus=2']
+    elif case in ('missing-detector', 'bad-detector'):
+        monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'empty-cache'))
+        args.append('--metrics=fid50k_full')
+        if case == 'bad-detector':
+            args.append(f'--detector=inception={tmp_path / "nope.pt"}')
     result = CliRunner().invoke(train, args)
     assert result.exit_code != 0
     assert 'Traceback' not in result.output
@@ -225,6 +238,18 @@ def test_cli_tiny_training_for_two_kimg_then_resume_from_its_pickle(tmp_path, to
     result = CliRunner().invoke(train, args[:-2] + ['--kimg=1', f'--resume={pkl}'])
     assert result.exit_code == 0, result.output
     assert 'Resuming from' in result.output
+
+
+def test_detector_option_reaches_the_metrics_of_the_run(tmp_path, toy_zip, monkeypatch):
+    from stylegan2_fair.metrics import detectors
+    folder = tmp_path / 'detectors'
+    folder.mkdir()
+    detectors.save_standin_detector('inception', str(folder / detectors.DETECTOR_FILES['inception']), size=32,
+                                    tiny=True)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'empty-cache'))
+    _, args = setup_training_options(data=toy_zip, cfg='tiny', workers=0, device='cpu', metrics='fid50k_full',
+                                     detector=(str(folder),))
+    assert args['metrics'] == ['fid50k_full'] and args['metric_kwargs']['detector_search'] == (str(folder),)
 
 
 def test_metrics_run_on_each_snapshot_during_training(tmp_path, toy_zip, monkeypatch):

@@ -58,16 +58,6 @@ def _subprocess(rank, args):
         torch.distributed.destroy_process_group()
 
 
-def _required_detectors(metrics):
-    needed = set()
-    for name in metrics:
-        if name.startswith(('fid', 'kid', 'is', 'partial_recall')):
-            needed.add('inception')
-        if name.startswith(('pr', 'ppl')) and not name.startswith('partial'):
-            needed.add('vgg16')
-    return sorted(needed)
-
-
 def _user_errors():
     from ..dataset import DatasetError
     from ..lpips_features import LPIPSBackboneMissing
@@ -155,7 +145,7 @@ def calc_metrics(network_pkl, metrics, data, mirror, num_gpus, device, detector_
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint='--detector')
     try:   # fail before loading anything when a detector file is missing
-        for name in _required_detectors(metrics):
+        for name in detectors.required_detectors(metrics):
             detectors.find_detector(name, detector_search)
     except detectors.MissingDetectorError as err:
         raise click.ClickException(str(err)) from err

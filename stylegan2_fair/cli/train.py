@@ -52,7 +52,8 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
                            cfg='auto', gamma=None, kimg=None, batch=None, aug='ada', p=None, target=None,
                            augpipe='bgc', resume=None, freezed=0, fp32=False, nhwc=False, allow_tf32=False,
                            nobench=False, workers=3, device='auto', fair_method='none', kimg_per_tick=None,
-                           snap_minutes=None, lr_scale=1.0, resume_arch=False, gan_loss='ns', hook_kwargs=None):
+                           snap_minutes=None, lr_scale=1.0, resume_arch=False, gan_loss='ns', detector=(),
+                           hook_kwargs=None):
     """Validate options and return (run description, kwargs for TrainingLoop)."""
     from ..dataset import ImageFolderDataset
     data = os.path.expanduser(data)  # the shell leaves ~ in --data=~/x.zip alone
@@ -75,8 +76,17 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
             if not metric_main.is_valid_metric(metric):
                 raise UserError(f'--metrics: unknown metric {metric!r}; choose from '
                                 f'{", ".join(metric_main.list_valid_metrics())}, or none')
+        from ..metrics import detectors
+        try:  # a missing detector file fails now, not at the first snapshot hours later
+            detectors.check_detector_args(detector)
+            for name in detectors.required_detectors(args['metrics']):
+                detectors.find_detector(name, detector)
+        except (ValueError, detectors.MissingDetectorError) as e:
+            raise UserError(f'--metrics={metrics}: {e}') from e
+    args['metric_kwargs'] = dict(detector_search=tuple(detector)) if detector else {}
     classifier = (hook_kwargs or {}).get('classifier')
-    args['metric_kwargs'] = {} if classifier is None else dict(classifier=classifier)
+    if classifier is not None:
+        args['metric_kwargs']['classifier'] = classifier
     args['random_seed'] = seed
 
     # Dataset: open it once here, so a bad path or format fails before the run dir exists.
@@ -495,6 +505,8 @@ def _hook_cli_options():
 @click.option('--snap-minutes', help='Also snapshot every N minutes of wall clock (for jobs with time limits)', type=float, metavar='MIN')
 @click.option('--kimg-per-tick', help='Length of a tick in kimg [default: 4, tiny: 1]', type=float, metavar='KIMG')
 @click.option('--metrics', help='Comma-separated list of metrics, or "none"', default='none')
+@click.option('--detector', help='Detector file or folder for --metrics (inception-2015-12-05.pt, vgg16.pt), or '
+              'NAME=PATH; repeatable  [default: ~/.cache/dnnlib/downloads]', multiple=True, metavar='PATH')
 @click.option('--seed', help='Random seed', type=int, default=0, metavar='INT')
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 @click.option('--data', help='Training data (directory or zip)', metavar='PATH', required=True)
@@ -564,6 +576,9 @@ def train(outdir, dry_run, dist_timeout, auto_resume, **kwargs):
     if resume is not None and os.path.isdir(resume):
         own_kwargs['resume'] = 'auto'  # continue that run dir: no pickle to load as a start
     desc, args = setup_training_options(**own_kwargs, hook_kwargs=kwargs)
+    if env is None and args['device'] == 'cuda' and args['num_gpus'] > torch.cuda.device_count():
+        raise UserError(f'--gpus={args["num_gpus"]} but this machine shows {torch.cuda.device_count()} GPU(s); '
+                        f'lower --gpus (processes would share a GPU), or check CUDA_VISIBLE_DEVICES')
     if dry_run and not is_rank0:
         return
     try:  # build the hooks once here, so a bad method option or dataset fails before any run dir exists

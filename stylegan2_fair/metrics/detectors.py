@@ -49,7 +49,7 @@ def _candidates(name, search):
         key, sep, value = entry.partition('=')
         if sep and key in DETECTOR_FILES:           # 'vgg16=/path/to/file.pt'
             if key == name:
-                yield value
+                yield os.path.expanduser(value)
             continue
         if os.path.isdir(entry):
             yield os.path.join(entry, filename)
@@ -77,7 +77,7 @@ def check_detector_args(search):
         entry = os.path.expanduser(str(entry))
         key, sep, value = entry.partition('=')
         if sep and key in DETECTOR_FILES:
-            entry = value
+            entry = os.path.expanduser(value)
         elif os.path.isdir(entry) or _kind_of_file(entry):
             pass
         else:
@@ -86,6 +86,17 @@ def check_detector_args(search):
                              f'{", ".join(DETECTOR_FILES)}.')
         if not os.path.exists(entry):
             raise ValueError(f'--detector={entry}: no such file or folder.')
+
+
+def required_detectors(metrics):
+    """The detectors a list of metric names needs, so that a missing file fails before any work starts."""
+    needed = set()
+    for name in metrics:
+        if name.startswith(('fid', 'kid', 'is', 'partial_recall')):
+            needed.add('inception')
+        if name.startswith(('pr', 'ppl')) and not name.startswith('partial'):
+            needed.add('vgg16')
+    return sorted(needed)
 
 
 def find_detector(name, search=()):
