@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write, atomic_write_text
+from .gates import GateError, check_gate_name, create_gate
 from .imaging import to_uint8
 
 SPACES = ('z', 'w')
@@ -82,6 +83,7 @@ class SearchOptions:
     dedup_dist: float = 0.0                # reject a latent closer than this to a kept one of its class
     g_label: str = 'none'                  # G's class: none | target | random | an integer
     classes: Optional[list] = None         # target class indices (default: every class of C)
+    gate: str = 'none'                     # an image must pass this gate before C judges it (gates.py)
     seed: int = 0
 
     @property
@@ -108,6 +110,10 @@ class SearchOptions:
             raise RebalanceError(f'min_confidence={self.min_confidence}: a probability, in [0, 1]')
         if self.dedup_dist < 0:
             raise RebalanceError(f'dedup_dist={self.dedup_dist}: must be >= 0 (0 turns it off)')
+        try:
+            check_gate_name(self.gate)
+        except GateError as err:
+            raise RebalanceError(str(err)) from err
         num_classes, names = classifier.num_classes, list(classifier.class_names)
         classes = list(range(num_classes)) if self.classes is None else self.classes
         # Names or indices: a name wins over an index, so classes named '0'..'9' mean what they say.
@@ -137,7 +143,7 @@ class SearchOptions:
 
     def fingerprint(self):
         """The options that decide what is kept (N, the cap and the batch size only decide when to stop / speed)."""
-        skip = {'per_class', 'max_candidates', 'batch'}
+        skip = {'per_class', 'max_candidates', 'batch'} | ({'gate'} if self.gate == 'none' else set())
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -174,7 +180,7 @@ def _distances(rows, point):
 class _ClassSearch:
     """One target class: its kept latents with provenance, its trees, its FIFO queue, its counters."""
 
-    COUNTERS = ('evaluated', 'root_evaluated', 'root_hits', 'rejected_class', 'rejected_confidence',
+    COUNTERS = ('evaluated', 'root_evaluated', 'root_hits', 'rejected_gate', 'rejected_class', 'rejected_confidence',
                 'rejected_duplicate', 'pruned_distance', 'dropped_tree_full')
 
     def __init__(self, index, name, latent_shape):
@@ -218,6 +224,10 @@ class RebalanceSearch:
         self.G = G.eval().requires_grad_(False).to(self.device)
         self.classifier = classifier.to(self.device).eval()
         self.options = options.check(G, classifier)
+        try:
+            self.gate = create_gate(options.gate)
+        except GateError as err:
+            raise RebalanceError(str(err)) from err
         self.state_dir = state_dir
         self.checkpoint_seconds = float(checkpoint_seconds)
         self.identity = dict(identity or {})
@@ -364,6 +374,8 @@ class RebalanceSearch:
         images_u8 = to_uint8(images.cpu().numpy(), (-1, 1))
         stored = torch.from_numpy(images_u8).to(self.device).to(torch.float32) / 127.5 - 1
         probs = self.classifier(stored).to(torch.float32).cpu().numpy()
+        if self.gate is not None:  # a gated-out image gets no class: all-NaN probabilities
+            probs[~self.gate(images_u8)] = np.nan
         for s in active:
             rows = [i for i, (owner, _) in enumerate(batch) if owner is s]
             if rows:
@@ -374,6 +386,8 @@ class RebalanceSearch:
 
     def _qualifies(self, s, latent, probs):
         """None if kept, else the counter of the reason it is rejected."""
+        if np.isnan(probs).all():
+            return 'rejected_gate'
         if int(np.argmax(probs)) != s.index:
             return 'rejected_class'
         if probs[s.index] < self.options.min_confidence:
@@ -422,8 +436,11 @@ class RebalanceSearch:
     def _count_root_candidate(self, s, probs):
         s.counts['evaluated'] += 1
         s.counts['root_evaluated'] += 1
-        s.counts['root_hits'] += int(np.argmax(probs) == s.index)
-        s.best_confidence = max(s.best_confidence, float(probs[s.index]))
+        if np.isnan(probs).all():
+            s.counts['rejected_gate'] += 1
+        else:
+            s.counts['root_hits'] += int(np.argmax(probs) == s.index)
+            s.best_confidence = max(s.best_confidence, float(probs[s.index]))
 
     def _root_from_lookahead(self, s):
         """Look for the next root among candidates already rendered (no G call), in stream order."""
@@ -502,6 +519,8 @@ class RebalanceSearch:
         hints = ['raise --max-candidates (now %d per class)' % opts.candidate_cap]
         if opts.min_confidence > 0:
             hints.insert(0, f'lower --min-confidence (best seen: {{best:.3f}})')
+        if opts.gate != 'none':
+            hints.append(f'check --gate={opts.gate} (it rejected {{gated}} of the images)')
         if opts.truncation_psi < 1:
             hints.append(f'raise --trunc toward 1 (psi {opts.truncation_psi:g} narrows the generator to its '
                          f'most common modes)')
@@ -509,7 +528,7 @@ class RebalanceSearch:
             if s.num_kept >= opts.per_class:
                 continue
             tried = s.counts['evaluated']
-            hint = '; '.join(hints).format(best=s.best_confidence)
+            hint = '; '.join(hints).format(best=s.best_confidence, gated=s.counts['rejected_gate'])
             if s.num_kept == 0:
                 out.append(f'class {s.name!r} (index {s.index}) was never found: {tried} random latents rendered '
                            f'(truncation {opts.truncation_psi:g}), none classified as {s.name!r}{conf} '

@@ -14,6 +14,7 @@ from stylegan2_fair.cli.dataset_tool import convert_dataset
 from stylegan2_fair.cli.rebalance import rebalance_command
 from stylegan2_fair.cli.train import UserError, setup_training_options
 from stylegan2_fair.dataset import ImageFolderDataset
+from stylegan2_fair.gates import register_gate
 from stylegan2_fair.rebalance import (RebalanceError, RebalanceSearch, SearchOptions, report_path, state_dir_for,
                                       write_dataset)
 
@@ -112,6 +113,78 @@ def test_min_confidence_and_dedup_distance_are_respected():
         dists = np.linalg.norm(flat[:, None] - flat[None], axis=2)[np.triu_indices(c.num_kept, 1)]
         assert dists.min() >= 2.0
     assert sum(c.counts['rejected_confidence'] for c in s.searches) > 0
+
+
+@register_gate('test-w3-positive')
+class W3PositiveGate:
+    """Passes the images whose 4th pixel (tanh(w[3] / 4) in 8 bits) is above mid-grey: a function of the latent."""
+
+    def __call__(self, images):
+        return images.reshape(len(images), -1)[:, 3] > 128
+
+
+def test_gate_rejects_before_the_classifier_and_no_gated_out_image_is_kept():
+    s = search(per_class=20, space='w', gate='test-w3-positive').run(progress=False)
+    for c in s.searches:
+        assert c.num_kept == 20
+        stored = np.rint((np.tanh(c.kept[:].astype(np.float64).mean(axis=1)[:, 3] / 4) + 1) * 127.5)
+        assert (stored > 128).all()
+        assert all(true_class(latent, 'w', 0.7) == c.index for latent in c.kept[:])
+    assert all(c.counts['rejected_gate'] > 0 for c in s.searches)
+    ungated = search(per_class=20, space='w').run(progress=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(kept_latents(s).values(), kept_latents(ungated).values()))
+
+
+def test_gated_search_keeps_the_same_latents_in_any_batch_size_and_resume_checks_the_gate(tmp_path):
+    one = search(per_class=10, batch=1, gate='test-w3-positive').run(progress=False)
+    many = search(per_class=10, batch=200, gate='test-w3-positive').run(progress=False)
+    for t, latents in kept_latents(one).items():
+        assert np.array_equal(latents, kept_latents(many)[t])
+    search(per_class=5, state_dir=str(tmp_path), gate='test-w3-positive').checkpoint()
+    with pytest.raises(RebalanceError, match='gate'):
+        search(per_class=5, state_dir=str(tmp_path))
+
+
+def test_unknown_gate_and_a_face_gate_without_opencv_are_clear_errors(monkeypatch):
+    import builtins
+    with pytest.raises(RebalanceError, match="gate='faces': choose one of none, face"):
+        search(gate='faces')
+    real_import = builtins.__import__
+
+    def no_cv2(name, *args, **kwargs):
+        if name == 'cv2':
+            raise ImportError('No module named cv2')
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_cv2)
+    with pytest.raises(RebalanceError, match="pip install 'opencv-python-headless<5'"):
+        search(gate='face')
+
+
+def drawn_face(size, features=True):
+    """A cartoon face: skin ellipse, and (with features) eyes, brows, nose and mouth."""
+    import cv2
+    s, img = size, np.full((size, size, 3), 200, np.uint8)
+    cv2.ellipse(img, (s // 2, s // 2), (int(s * .32), int(s * .42)), 0, 0, 360, (180, 140, 120), -1)
+    if features:
+        for x in (int(s * .37), int(s * .63)):
+            cv2.ellipse(img, (x, int(s * .42)), (int(s * .07), int(s * .035)), 0, 0, 360, (40, 30, 30), -1)
+            cv2.line(img, (x - int(s * .08), int(s * .35)), (x + int(s * .08), int(s * .35)), (50, 40, 40), s // 40)
+        cv2.line(img, (s // 2, int(s * .45)), (s // 2, int(s * .6)), (120, 90, 80), s // 40)
+        cv2.ellipse(img, (s // 2, int(s * .7)), (int(s * .12), int(s * .04)), 0, 0, 360, (90, 40, 40), -1)
+    return cv2.GaussianBlur(img, (5, 5), 2).transpose(2, 0, 1)
+
+
+def test_face_gate_passes_a_face_and_rejects_a_broken_face_noise_and_flat_images():
+    cv2 = pytest.importorskip('cv2', reason="the face gate needs OpenCV (pip install 'opencv-python-headless<5')")
+    if not hasattr(cv2, 'CascadeClassifier'):
+        pytest.skip(f'OpenCV {cv2.__version__} has no Haar cascades')
+    from stylegan2_fair.gates import create_gate
+    gate = create_gate('face')
+    face = drawn_face(128)
+    rng = np.random.default_rng(0)
+    images = np.stack([face, drawn_face(128, features=False), np.ascontiguousarray(face[:, ::-1]),
+                       rng.integers(0, 256, (3, 128, 128), dtype=np.uint8), np.full((3, 128, 128), 128, np.uint8)])
+    assert gate(images).tolist() == [True, False, False, False, False]
 
 
 @pytest.mark.parametrize('crash', ['after-checkpoint', 'with-unsaved-work', 'while-writing-state'])

@@ -50,6 +50,8 @@ from ..rebalance import NOISE_MODES, RebalanceError, rebalance, report_path, ret
 @click.option('--g-label', help='Conditional G: its class for each search: target (= the target class), random, '
               'or an index; none for an unconditional G', default='none', metavar='none|target|random|INT')
 @click.option('--classes', help='Comma-separated target classes (names or indices) [default: all]', metavar='LIST')
+@click.option('--gate', help='A check each image must pass before the classifier judges it: face (OpenCV face '
+              'detection, as the authors\' w+ search of face models) or none', default='none', metavar='NAME')
 @click.option('--seed', help='Random seed of the search', type=int, default=0)
 @click.option('--device', help='Where to run', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
 @click.option('--allow-missing', help='Write the dataset even if some classes fall short of N', is_flag=True)
