@@ -25,6 +25,7 @@ setup(
         'deepface': ['deepface>=0.0.93'],
         'tensorboard': ['tensorboard>=2.10'],
         'nriqa': ['piq>=0.8'],
+        'lsun': ['lmdb>=1.0'],
         'test': ['pytest>=7.0'],
     },
     entry_points={'console_scripts': ['stylegan2-fair=stylegan2_fair.cli.main:main']},

@@ -1,4 +1,8 @@
-"""dataset_tool: images (a folder or zip) or a toy dataset -> a training zip/folder with dataset.json.
+"""dataset_tool: images or a toy dataset -> a training zip/folder with dataset.json.
+
+Sources: a folder or zip of images, the official tool's archives (cifar-10-python.tar.gz, MNIST
+*-images-idx3-ubyte.gz with its labels file beside it, LSUN *_lmdb folders), or toy:NAME.
+The official options (--width/--height, --transform, --resize-filter, --max-images) work unchanged.
 
 Output follows the official tool: PNGs at {idx//1000:05d}/img{idx:08d}.png in sorted source order,
 plus dataset.json with "labels" (or null) and, our extension, "attributes" (see dataset.py).
@@ -6,6 +10,9 @@ plus dataset.json with "labels" (or null) and, our extension, "attributes" (see 
 Examples:
   python dataset_tool.py --source=~/celeba/img_align_celeba --dest=celeba64.zip --resolution=64 \\
       --attributes=~/celeba/list_attr_celeba.txt
+  python dataset_tool.py --source=~/downloads/cifar-10-python.tar.gz --dest=cifar10.zip
+  python dataset_tool.py --source=~/lsun/car_lmdb --dest=car.zip --transform=center-crop-wide \\
+      --width=512 --height=384
   python dataset_tool.py --source=toy:colored-digits --majority=0.99 --num-images=20000 --dest=cdigits.zip
 """
 import io
@@ -22,156 +29,13 @@ import PIL.Image
 
 from .. import dataset as ds
 from .. import toy_data
+from .dataset_sources import ConvertError, labels_from, merge_attribute_list, open_source, toy_source
 
 _GRAYSCALE_MODES = {'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N'}
 
 
-class ConvertError(click.ClickException):
-    """Bad input for the tool; printed as 'Error: ...' without a traceback."""
-
-
 def archive_name(idx):
     return f'{idx // 1000:05d}/img{idx:08d}.png'
-
-
-# ----------------------------------------------------------------------------------------------
-# Sources: the images to write, in order, with their labels and attributes keyed by source name.
-
-class Source:
-    """What to write: names, a way to get each image, labels and attributes keyed by name."""
-
-    def __init__(self, names, load, labels=None, attribute_names=(), attributes=None, channels=None,
-                 header=None):
-        self.names = names                 # sorted source names, one per output image
-        self.load = load                   # name -> decoded PIL image
-        self.header = header               # name -> (mode, size), reading the header only
-        self.labels = labels               # {name: int or list} or None
-        self.attribute_names = list(attribute_names)
-        self.attributes = attributes or {} # {name: [0/1, ...]}
-        self.channels = channels           # 1 or 3; None: decide from the images
-
-
-def toy_source(kind, num_images, resolution, seed, majority, imbalance):
-    options = {'colored-digits': dict(majority=majority), 'longtail-digits': dict(imbalance=imbalance)}
-    try:
-        data = toy_data.make_toy(kind, num_images, resolution=resolution, seed=seed, **options.get(kind, {}))
-    except ValueError as err:
-        raise ConvertError(f'toy:{kind}: {err}') from err
-    names = [f'toy{i:08d}' for i in range(len(data))]
-    index = {name: i for i, name in enumerate(names)}
-    return Source(
-        names=names, load=lambda name: PIL.Image.fromarray(data.images[index[name]]),
-        labels={name: int(label) for name, label in zip(names, data.labels)},
-        attribute_names=data.attribute_names,
-        attributes={name: [int(v) for v in row] for name, row in zip(names, data.attributes)},
-        channels=3)
-
-
-def image_source(path):
-    try:
-        files = ds.open_files(path)
-        all_names = set(files.names())
-    except (FileNotFoundError, ds.DatasetError) as err:
-        raise ConvertError(str(err)) from err
-    names = ds.list_images(all_names)
-    if not names:
-        raise ConvertError(f'No .png/.jpg/.jpeg images found in {path}.')
-    meta = ds.read_dataset_json(files, path, all_names)
-    labels = None
-    if meta.get('labels') is not None:
-        ds.parse_labels(meta, path, names)          # validates; raw values are kept below
-        labels = {str(k).replace('\\', '/'): v for k, v in meta['labels']}
-    attribute_names, attributes = [], {}
-    if meta.get('attributes') is not None:
-        attribute_names, values = ds.parse_attributes(meta, path, names)
-        attributes = {name: [int(v) for v in row] for name, row in zip(names, values)}
-
-    def load(name):
-        try:
-            with files.open(name) as f:
-                image = PIL.Image.open(f)
-                image.load()
-        except (OSError, SyntaxError) as err:
-            raise ConvertError(f'{name!r} in {path} cannot be decoded ({err}); remove or re-save it.') from err
-        return image
-
-    def header(name):
-        try:
-            with files.open(name) as f, PIL.Image.open(f) as image:
-                return image.mode, image.size
-        except (OSError, SyntaxError) as err:
-            raise ConvertError(f'{name!r} in {path} cannot be read as an image ({err}); remove or '
-                               f're-save it.') from err
-    return Source(names, load, labels, attribute_names, attributes, header=header)
-
-
-def read_attribute_list(path):
-    """CelebA's list_attr_celeba.txt (count line, names line, 'file v1 v2 ...' with -1/1) or its CSV
-    form (header 'image_id,Name,...'). Returns (names, {filename: [0/1, ...]})."""
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
-    if not lines:
-        raise ConvertError(f'attribute file {path} is empty')
-    if ',' in lines[0]:
-        names, rows, first_row = lines[0].split(',')[1:], [line.split(',') for line in lines[1:]], 2
-    else:
-        if len(lines) < 2 or not lines[0].isdigit():
-            raise ConvertError(f'attribute file {path}: expected the image count on line 1 and the '
-                               f'attribute names on line 2 (the format of list_attr_celeba.txt).')
-        names, rows, first_row = lines[1].split(), [line.split() for line in lines[2:]], 3
-        if int(lines[0]) != len(rows):
-            raise ConvertError(f'attribute file {path} says {lines[0]} images but lists {len(rows)}; '
-                               f'the file may be truncated.')
-    table = {}
-    for lineno, row in enumerate(rows, first_row):
-        if len(row) != len(names) + 1 or not all(v.strip() in ('-1', '1', '0') for v in row[1:]):
-            raise ConvertError(f'attribute file {path}, line {lineno}: expected a filename and '
-                               f'{len(names)} values of -1/1, got {len(row) - 1} fields.')
-        table[row[0].strip()] = [int(int(v) > 0) for v in row[1:]]
-    return [n.strip() for n in names], table
-
-
-def merge_attribute_list(source, path):
-    names, table = read_attribute_list(path)
-    clash = set(names) & set(source.attribute_names)
-    if clash:
-        raise ConvertError(f'attributes {sorted(clash)} of {path} are already in the source dataset.json; '
-                           f'remove them from one of the two.')
-    missing = [name for name in source.names if name not in table and os.path.basename(name) not in table]
-    if missing:
-        raise ConvertError(f'{len(missing)} source image(s) are not listed in {path}, e.g. '
-                           f'{missing[:3]}. Use the attribute file of these images, or --max-images '
-                           f'to convert only listed ones.')
-    for name in source.names:
-        row = table[name] if name in table else table[os.path.basename(name)]
-        source.attributes[name] = source.attributes.get(name, []) + row
-    source.attribute_names += names
-
-
-def labels_from(source, spec):
-    """Replace the labels: 'subfolder' (class = top-level folder, sorted) or 'attributes:A[,B...]'
-    (one name: class 0/1; several: a 0/1 vector for multi-label conditioning)."""
-    if spec == 'subfolder':
-        top = [name.split('/')[0] if '/' in name else None for name in source.names]
-        if None in top:
-            raise ConvertError('--labels-from=subfolder needs every image inside a class folder '
-                               '(SOURCE/CLASS/image.png); some are at the top level.')
-        classes = sorted(set(top))
-        source.labels = {name: classes.index(t) for name, t in zip(source.names, top)}
-        return classes
-    if spec.startswith('attributes:'):
-        wanted = [n for n in spec.split(':', 1)[1].split(',') if n]
-        unknown = [n for n in wanted if n not in source.attribute_names]
-        if not wanted or unknown:
-            raise ConvertError(f'--labels-from: unknown attribute(s) {unknown or wanted}; available: '
-                               f'{", ".join(source.attribute_names) or "none (add --attributes=FILE)"}.')
-        cols = [source.attribute_names.index(n) for n in wanted]
-        source.labels = {}
-        for name in source.names:
-            row = [source.attributes[name][c] for c in cols]
-            source.labels[name] = row[0] if len(row) == 1 else [float(v) for v in row]
-        return wanted
-    raise ConvertError(f'--labels-from={spec!r}: use "subfolder" or "attributes:NAME[,NAME...]".')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,19 +53,68 @@ def to_8bit(image, channels):
     return image.convert('L' if channels == 1 else 'RGB')      # drops alpha, expands palettes
 
 
-def fit(image, resolution, transform):
-    """Square `resolution` x `resolution`: center-crop (default), pad with black, or stretch."""
+RESIZE_FILTERS = {'box': PIL.Image.BOX, 'lanczos': PIL.Image.LANCZOS}
+
+
+def fit(image, resolution, transform, resample=PIL.Image.LANCZOS, wide_height=None):
+    """Square `resolution` x `resolution`: center-crop (default), pad with black, stretch, or
+    center-crop-wide (see crop_wide). Returns None for an image that transform drops."""
     w, h = image.size
+    if transform == 'center-crop-wide':
+        return crop_wide(image, resolution, wide_height, resample)
     if transform == 'stretch':
-        return image.resize((resolution, resolution), PIL.Image.LANCZOS)
+        return image.resize((resolution, resolution), resample)
     if transform == 'pad':
         side = max(w, h)
         canvas = PIL.Image.new(image.mode, (side, side))
         canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-        return canvas.resize((resolution, resolution), PIL.Image.LANCZOS)
+        return canvas.resize((resolution, resolution), resample)
+    # The official center-crop: the centred square of the shorter side, then resized.
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    return image.crop(box).resize((resolution, resolution), PIL.Image.LANCZOS)
+    return image.crop(box).resize((resolution, resolution), resample)
+
+
+def crop_wide(image, side, height, resample):
+    """The official center-crop-wide, pixel for pixel (so datasets match the official LSUN car):
+    a full-width band of round(side * h / w) source rows around the centre, resized to side x
+    height and letterboxed into a black side x side square (the band at rows (side-height)//2...).
+    Images narrower than `side`, or whose band would be shorter than `height`, are dropped. The
+    band height is the source height at output scale yet is cut in source rows, so the aspect is
+    kept only for sources exactly `side` wide; we reproduce this rather than fix it."""
+    w, h = image.size
+    rows = int(round(side * h / w))
+    if w < side or rows < height:
+        return None
+    top = (h - rows) // 2
+    band = image.crop((0, top, w, top + rows)).resize((side, height), resample)
+    canvas = PIL.Image.new(image.mode, (side, side))
+    canvas.paste(band, (0, (side - height) // 2))
+    return canvas
+
+
+def output_size(resolution, width, height, transform):
+    """(side, wide_height) from --resolution/--width/--height; side None keeps the source size."""
+    if transform == 'center-crop-wide':
+        if width is not None and resolution is not None and width != resolution:
+            raise ConvertError(f'--resolution={resolution} and --width={width} disagree; give one of them.')
+        side = width if width is not None else resolution
+        if side is None or height is None:
+            raise ConvertError('--transform=center-crop-wide needs --width (the square output size) and '
+                               '--height (the picture height inside it), e.g. --width=512 --height=384.')
+        if height > side:
+            raise ConvertError(f'--transform=center-crop-wide: --height={height} must not exceed '
+                               f'--width={side} (the picture is letterboxed into a {side}x{side} square).')
+        return side, height
+    if width is not None and height is not None and width != height:
+        raise ConvertError(f'--width={width} --height={height}: training needs square images; give '
+                           f'--width == --height, or use --resolution=N (for wide images letterboxed '
+                           f'into a square, use --transform=center-crop-wide).')
+    given = width if width is not None else height
+    if given is not None and resolution is not None and given != resolution:
+        raise ConvertError(f'--resolution={resolution} and --width/--height={given} disagree; give '
+                           f'either --resolution or --width/--height.')
+    return (resolution if resolution is not None else given), None
 
 
 def scan_headers(source):
@@ -279,9 +192,10 @@ def encode_png(image):
 
 def convert_dataset(source, dest, max_images=None, resolution=None, transform=None, num_images=10000,
                     seed=0, majority=0.99, imbalance=0.1, attributes_file=None, labels_spec=None,
-                    overwrite=False, progress=True):
+                    overwrite=False, progress=True, width=None, height=None, resize_filter='lanczos'):
     """Library form of the `convert` command; returns a summary dict."""
     dest = os.path.expanduser(dest)  # the shell leaves ~ in --dest=~/x.zip alone
+    resolution, wide_height = output_size(resolution, width, height, transform)
     if source.startswith('toy:'):
         if transform is not None:
             raise ConvertError('--transform applies to image sources; toy datasets are rendered at '
@@ -300,15 +214,20 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
         if os.path.abspath(source) == os.path.abspath(dest):
             raise ConvertError('--dest must differ from --source.')
         try:
-            src = image_source(source)
+            src = open_source(source)
         except ds.DatasetError as err:
             raise ConvertError(str(err)) from err
         if max_images is not None:
+            # Like the official tool, counts source images, including any a transform drops.
             src.names = src.names[:max_images]
     if transform is not None and resolution is None:
-        raise ConvertError('--transform needs --resolution (the output size).')
+        raise ConvertError('--transform needs the output size: --resolution=N or --width=N --height=N.')
     if resolution is not None and not _is_power_of_two(resolution):
-        raise ConvertError(f'--resolution={resolution} must be a power of two (e.g. 64, 256, 1024).')
+        raise ConvertError(f'output size {resolution} (--resolution/--width/--height) must be a power of '
+                           f'two (e.g. 64, 256, 1024).')
+    if resolution is None and src.varied_sizes:
+        raise ConvertError(f'{source} holds images of varying sizes; give the output size and crop, e.g. '
+                           f'--transform=center-crop --width=256 --height=256.')
     if attributes_file is not None:
         attributes_file = os.path.expanduser(attributes_file)
         if not os.path.isfile(attributes_file):
@@ -320,33 +239,48 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
     if src.channels is None:
         src.channels, sizes = scan_headers(src)
         if resolution is None:
-            (width, height), first = next(iter(sizes.items()))
+            (w, h), first = next(iter(sizes.items()))
             if len(sizes) > 1:
                 (w2, h2), other = list(sizes.items())[1]
-                raise ConvertError(f'source images differ in size ({first!r} is {width}x{height}, {other!r} '
+                raise ConvertError(f'source images differ in size ({first!r} is {w}x{h}, {other!r} '
                                    f'is {w2}x{h2}); pass --resolution=N to crop and resize them all.')
-            if width != height or not _is_power_of_two(width):
-                raise ConvertError(f'source images are {width}x{height}; training needs a square power-of-'
+            if w != h or not _is_power_of_two(w):
+                raise ConvertError(f'source images are {w}x{h}; training needs a square power-of-'
                                    f'two size: pass --resolution=N (and --transform to choose how).')
 
+    resample = RESIZE_FILTERS[resize_filter]
     writer = _Writer(dest, overwrite)
     try:
-        labels, attributes = [], []
+        labels, attributes, size, written, skipped = [], [], None, 0, 0
         names = src.names
         if progress:
             from tqdm import tqdm
             names = tqdm(names, desc='converting', unit='img', file=sys.stderr, disable=None)
-        for idx, name in enumerate(names):
-            image = to_8bit(src.load(name), src.channels)
-            if resolution is not None and image.size != (resolution, resolution):
-                image = fit(image, resolution, transform or 'center-crop')
-            out = archive_name(idx)
+        for name in names:
+            image = src.load(name)
+            if image is not None:
+                image = to_8bit(image, src.channels)
+                if resolution is not None and (image.size != (resolution, resolution) or wide_height):
+                    image = fit(image, resolution, transform or 'center-crop', resample, wide_height)
+            if image is None:           # undecodable LSUN entry, or too small for center-crop-wide
+                skipped += 1
+                continue
+            if size is None:
+                size = image.size
+            elif image.size != size:    # a safety net; sources of unknown sizes need --resolution
+                raise ConvertError(f'source image {name!r} is {image.size[0]}x{image.size[1]}, earlier ones '
+                                   f'{size[0]}x{size[1]}; pass --resolution=N to resize them all.')
+            # Numbered without gaps for dropped images (the official tool leaves gaps there).
+            out = archive_name(written)
             writer.write(out, encode_png(image))
-            size = image.size[0]
+            written += 1
             if src.labels is not None:
                 labels.append([out, src.labels[name]])
             if src.attribute_names:
                 attributes.append([out, src.attributes[name]])
+        if size is None:
+            why = 'too narrow or too wide for center-crop-wide' if wide_height else 'undecodable'
+            raise ConvertError(f'no image was written: all {skipped} source images were dropped ({why}).')
         meta = {'labels': labels if src.labels is not None else None}
         if src.attribute_names:
             meta['attributes'] = {'names': src.attribute_names, 'values': attributes}
@@ -355,8 +289,9 @@ def convert_dataset(source, dest, max_images=None, resolution=None, transform=No
     except BaseException:
         writer.abort()
         raise
-    return dict(dest=dest, images=len(src.names), channels=src.channels, resolution=size,
-                labels=_describe_labels(meta['labels'], label_names), attributes=src.attribute_names)
+    return dict(dest=dest, images=written, skipped=skipped, channels=src.channels,
+                resolution=size[0], labels=_describe_labels(meta['labels'], label_names),
+                attributes=src.attribute_names)
 
 
 def _describe_labels(labels, label_names):
@@ -369,13 +304,22 @@ def _describe_labels(labels, label_names):
 
 @click.command('convert')
 @click.option('--source', required=True, metavar='PATH|toy:NAME',
-              help='Folder or zip of images (optionally with dataset.json), or toy:stacked-digits, '
-                   'toy:colored-digits, toy:longtail-digits.')
+              help='Folder or zip of images (optionally with dataset.json), cifar-10-python.tar.gz, '
+                   'MNIST train-images-idx3-ubyte.gz (labels file beside it), an LSUN *_lmdb folder '
+                   '(pip install lmdb), or toy:stacked-digits, toy:colored-digits, toy:longtail-digits.')
 @click.option('--dest', required=True, metavar='PATH', help='Output .zip (or a folder).')
-@click.option('--max-images', type=click.IntRange(min=1), help='Convert at most this many (the first, sorted).')
+@click.option('--max-images', '--max_images', type=click.IntRange(min=1),
+              help='Read at most this many source images (the first, sorted). --max_images as in the '
+                   'official README works too.')
 @click.option('--resolution', type=click.IntRange(min=4), help='Output size NxN, a power of two (toy default 32).')
-@click.option('--transform', type=click.Choice(['center-crop', 'pad', 'stretch']),
-              help='How to make images square with --resolution (default center-crop).')
+@click.option('--width', type=click.IntRange(min=1), help='Output width (official name; with --height, or alone '
+              'for square output).')
+@click.option('--height', type=click.IntRange(min=1), help='Output height; must equal --width except with '
+              'center-crop-wide, where it is the picture height inside a width x width square.')
+@click.option('--transform', type=click.Choice(['center-crop', 'center-crop-wide', 'pad', 'stretch']),
+              help='How to fit images to the output size (default center-crop).')
+@click.option('--resize-filter', type=click.Choice(list(RESIZE_FILTERS)), default='lanczos', show_default=True,
+              help='Filter for every resize (box: what the paper used for FFHQ 256).')
 @click.option('--attributes', 'attributes_file', type=click.Path(dir_okay=False),
               help='CelebA-style attribute list (list_attr_celeba.txt or .csv) to store as attributes.')
 @click.option('--labels-from', 'labels_spec', metavar='subfolder|attributes:A[,B]',
@@ -388,14 +332,16 @@ def _describe_labels(labels, label_names):
 @click.option('--imbalance', type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
               help='toy:longtail-digits: count of class 9 / count of class 0.')
 @click.option('--overwrite', is_flag=True, help='Replace an existing --dest.')
-def convert(source, dest, max_images, resolution, transform, attributes_file, labels_spec, num_images,
-            seed, majority, imbalance, overwrite):
+def convert(source, dest, max_images, resolution, width, height, transform, resize_filter, attributes_file,
+            labels_spec, num_images, seed, majority, imbalance, overwrite):
     """Convert images or a toy dataset into a StyleGAN2-ADA training dataset (zip or folder)."""
     summary = convert_dataset(source, dest, max_images=max_images, resolution=resolution,
                               transform=transform, num_images=num_images, seed=seed, majority=majority,
                               imbalance=imbalance, attributes_file=attributes_file,
-                              labels_spec=labels_spec, overwrite=overwrite)
-    click.echo(f'Wrote {summary["images"]} images ({summary["resolution"]}x{summary["resolution"]}, '
+                              labels_spec=labels_spec, overwrite=overwrite, width=width, height=height,
+                              resize_filter=resize_filter)
+    dropped = f' ({summary["skipped"]} source images dropped)' if summary['skipped'] else ''
+    click.echo(f'Wrote {summary["images"]} images{dropped} ({summary["resolution"]}x{summary["resolution"]}, '
                f'{summary["channels"]} channel(s)) to {summary["dest"]}; labels: {summary["labels"]}; '
                f'attributes: {len(summary["attributes"])}.')
 
