@@ -26,6 +26,7 @@ setup(
         'tensorboard': ['tensorboard>=2.10'],
         'nriqa': ['piq>=0.8'],
         'lsun': ['lmdb>=1.0'],
+        'face': ['opencv-python-headless>=4.5,<5'],  # rebalance --gate=face (OpenCV 5 dropped Haar cascades)
         'test': ['pytest>=7.0'],
     },
     entry_points={'console_scripts': ['stylegan2-fair=stylegan2_fair.cli.main:main']},

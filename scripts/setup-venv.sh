@@ -7,4 +7,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # Pinned for development and CI; setup.py declares the ranges users may install.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,tensorboard,nriqa]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,tensorboard,nriqa,lsun,face]'
