@@ -27,6 +27,7 @@ setup(
         'nriqa': ['piq>=0.8'],
         'lsun': ['lmdb>=1.0'],
         'face': ['opencv-python-headless>=4.5,<5'],  # rebalance --gate=face (OpenCV 5 dropped Haar cascades)
+        'video': ['imageio>=2.9', 'imageio-ffmpeg>=0.4'],  # projector.py --save-video
         'test': ['pytest>=7.0'],
     },
     entry_points={'console_scripts': ['stylegan2-fair=stylegan2_fair.cli.main:main']},

@@ -1,6 +1,7 @@
 """`generate.py`: images from an official or stylegan2-fair network pickle, on CPU or GPU."""
 import os
 import re
+import zipfile
 
 import click
 import numpy as np
@@ -71,6 +72,38 @@ def load_generator(network, device):
     return data, G.eval().requires_grad_(False).to(device)
 
 
+@torch.no_grad()
+def synthesize_ws(G, ws, noise_mode='const'):
+    """uint8 NHWC images from ws [N, num_ws, w_dim]. One synthesis call per image, so an image's pixels do not
+    depend on what else is rendered with it (projector.py's proj.png and `--projected-w` must agree exactly)."""
+    ws = torch.as_tensor(ws, dtype=torch.float32, device=next(G.parameters()).device)
+    images = [G.synthesis(w[None], noise_mode=noise_mode).cpu().numpy() for w in ws]
+    return to_uint8(np.concatenate(images), (-1, 1)).transpose(0, 2, 3, 1)
+
+
+def load_projected_w(path, G=None):
+    """The `w` array [N, num_ws, w_dim] of a projector.py result (projected_w.npz), checked against G if given."""
+    if not os.path.isfile(path):
+        raise click.UsageError(f'--projected-w={path}: no such file')
+    try:
+        data, ws = np.load(path, allow_pickle=False), None
+        if isinstance(data, np.lib.npyio.NpzFile):   # an .npy file loads as a bare array, with no name "w"
+            with data:
+                ws = data['w'] if 'w' in data.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise click.UsageError(f'--projected-w={path} is not a readable .npz file ({e})') from e
+    if ws is None:
+        raise click.UsageError(f'--projected-w={path} holds no array named "w" (projector.py writes '
+                               f'projected_w.npz with one)')
+    if ws.ndim != 3:
+        raise click.UsageError(f'--projected-w={path}: w has shape {list(ws.shape)}; expected [N, num_ws, w_dim]')
+    if G is not None and ws.shape[1:] != (G.num_ws, G.w_dim):
+        raise click.UsageError(f'--projected-w={path}: w has shape {list(ws.shape)}, but this network takes '
+                               f'[N, {G.num_ws}, {G.w_dim}] (num_ws={G.num_ws}, w_dim={G.w_dim}); was it projected '
+                               f'with another network?')
+    return ws
+
+
 def save_png(array_hwc, path):
     image = PIL.Image.fromarray(array_hwc[:, :, 0] if array_hwc.shape[2] == 1 else array_hwc)
     atomic_write(path, lambda f: image.save(f, format='PNG'), suffix='.png')
@@ -78,7 +111,9 @@ def save_png(array_hwc, path):
 
 @click.command(context_settings=dict(show_default=True))
 @click.option('--network', 'network_pkl', help='Network pickle (official or ours)', required=True)
-@click.option('--seeds', type=parse_range, help='List of random seeds, e.g. 0-7 or 1,5,9', required=True)
+@click.option('--seeds', type=parse_range, help='List of random seeds, e.g. 0-7 or 1,5,9 (or give --projected-w)')
+@click.option('--projected-w', metavar='FILE', help='Render the w in a projector.py result (projected_w.npz) '
+              'instead of --seeds: writes proj00.png, proj01.png, ...')
 @click.option('--trunc', 'truncation_psi', type=float, help='Truncation psi', default=1)
 @click.option('--class', 'class_idx', type=int, help='Class label (conditional networks)')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const')
@@ -101,19 +136,28 @@ def save_png(array_hwc, path):
               help='Truncate toward w_avg (global) or toward the w centroid of each sample\'s class (class)')
 @click.option('--centroid-samples', type=click.IntRange(min=1), default=10000,
               help='--trunc-mode=class: mapping samples behind the class centroids (cached next to the pickle)')
-def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device, drs, drs_percentile, balance,
-             classifier, target, calib, min_acceptance, trunc_mode, centroid_samples):
+def generate(network_pkl, seeds, projected_w, truncation_psi, class_idx, noise_mode, outdir, device, drs,
+             drs_percentile, balance, classifier, target, calib, min_acceptance, trunc_mode, centroid_samples):
     """Generate images with a trained network.
 
     \b
     python generate.py --network=network-snapshot-000100.pkl --seeds=0-7 --outdir=out
+    python generate.py --network=network-snapshot-000100.pkl --projected-w=out/projected_w.npz --outdir=out
     """
+    if projected_w is not None:
+        check_projected_w_options(seeds, drs, balance, trunc_mode, truncation_psi)
+        projected_w = os.path.expanduser(projected_w)
+        load_projected_w(projected_w)   # a bad file fails before the network is loaded
+    elif seeds is None:
+        raise click.UsageError('give --seeds (e.g. --seeds=0-7), or --projected-w=FILE to render a projection')
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     network_pkl, outdir = os.path.expanduser(network_pkl), os.path.expanduser(outdir)  # ~ after --opt=
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise click.UsageError(f'--outdir={outdir} is a file; choose a folder')
     data, G = load_generator(network_pkl, device)
+    if projected_w is not None:
+        return generate_projected(G, projected_w, class_idx, noise_mode, outdir)
     if balance or (trunc_mode == 'class' and truncation_psi != 1):
         return generate_fair(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device,
                              drs, drs_percentile, balance, classifier, target, calib, min_acceptance, trunc_mode,
@@ -126,6 +170,30 @@ def generate(network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, 
     for seed, image in zip(seeds, images):
         save_png(image, os.path.join(outdir, f'seed{seed:04d}.png'))
     print(f'Wrote {len(seeds)} images to {outdir}')
+
+
+def check_projected_w_options(seeds, drs, balance, trunc_mode, truncation_psi):
+    """--projected-w renders fixed ws: options that pick or truncate latents have nothing to act on."""
+    if seeds is not None:
+        raise click.UsageError('--projected-w and --seeds exclude each other: the images come from the w in the file')
+    if drs or balance:
+        raise click.UsageError('--projected-w renders the w in the file as it is; it cannot be combined with '
+                               '--drs or --balance, which draw latents')
+    if trunc_mode == 'class' and truncation_psi != 1:
+        raise click.UsageError('--projected-w cannot be combined with --trunc-mode=class')
+    if truncation_psi != 1:
+        print('warning: --trunc is ignored with --projected-w (the w are rendered as projected)')
+
+
+def generate_projected(G, path, class_idx, noise_mode, outdir):
+    """--projected-w: one image per w in the file, proj00.png, proj01.png, ..."""
+    if class_idx is not None:
+        print('warning: --class is ignored with --projected-w (the label went into the projected w)')
+    ws = load_projected_w(path, G)
+    os.makedirs(outdir, exist_ok=True)
+    for idx, image in enumerate(synthesize_ws(G, ws, noise_mode)):
+        save_png(image, os.path.join(outdir, f'proj{idx:02d}.png'))
+    print(f'Wrote {len(ws)} images from {path} to {outdir}')
 
 
 def generate_drs(data, G, network_pkl, seeds, truncation_psi, class_idx, noise_mode, outdir, device, percentile):

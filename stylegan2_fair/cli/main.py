@@ -4,8 +4,10 @@ import click
 from .calc_metrics import calc_metrics
 from .dataset_tool import convert
 from .generate import generate
+from .projector import projector
 from .rebalance import rebalance_command
 from .report import report
+from .style_mixing import style_mixing
 from .train import train
 from .train_classifier import train_classifier
 from training_hooks.patch import patch_upstream
@@ -18,6 +20,8 @@ def cli():
 
 cli.add_command(train)
 cli.add_command(generate)
+cli.add_command(projector)
+cli.add_command(style_mixing, name='style-mixing')
 cli.add_command(convert, name='dataset')
 cli.add_command(train_classifier, name='train-classifier')
 cli.add_command(patch_upstream, name='patch-upstream')
