@@ -63,11 +63,16 @@ class OpenCVFaceGate:
 
     def __call__(self, images):
         images = np.asarray(images)
-        side = max(1, int(self.min_size * min(images.shape[2:])))
+        # The cascade's smallest window is 24 px: small images are enlarged so that a face filling
+        # a 16 or 32 px image is still seen.
+        scale = max(1, -(-128 // min(images.shape[2:])))
+        side = max(1, int(self.min_size * min(images.shape[2:]) * scale))
         found = []
         for img in images:
             gray = img[0] if img.shape[0] == 1 else self.cv2.cvtColor(np.ascontiguousarray(img[:3].transpose(1, 2, 0)),
                                                                       self.cv2.COLOR_RGB2GRAY)
+            if scale > 1:
+                gray = self.cv2.resize(gray, None, fx=scale, fy=scale, interpolation=self.cv2.INTER_LINEAR)
             faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=self.min_neighbors,
                                                   minSize=(side, side))
             found.append(len(faces) > 0)

@@ -375,7 +375,11 @@ class RebalanceSearch:
         stored = torch.from_numpy(images_u8).to(self.device).to(torch.float32) / 127.5 - 1
         probs = self.classifier(stored).to(torch.float32).cpu().numpy()
         if self.gate is not None:  # a gated-out image gets no class: all-NaN probabilities
-            probs[~self.gate(images_u8)] = np.nan
+            passed = np.asarray(self.gate(images_u8))
+            if passed.shape != (len(images_u8),):
+                raise RebalanceError(f'gate={self.options.gate} returned shape {list(passed.shape)} for '
+                                     f'{len(images_u8)} images; a gate returns one yes/no per image')
+            probs[~passed.astype(bool)] = np.nan
         for s in active:
             rows = [i for i, (owner, _) in enumerate(batch) if owner is s]
             if rows:

@@ -1,4 +1,5 @@
 """Preemption: stop on a signal at any step, save everything, and continue to the very same weights."""
+import json
 import os
 import signal
 import subprocess
@@ -141,18 +142,43 @@ def test_resume_auto_takes_the_newest_complete_state_of_the_same_run(tmp_path):
     assert plan_run_dir(str(tmp_path), 'new-desc', 'auto') == (str(tmp_path / '00003-new-desc'), None, True)
 
 
-def test_auto_resume_continues_a_finetune_and_only_starts_from_its_pickle_once(tmp_path):
-    run = tmp_path / 'out' / '00000-toy-tiny-resumebiased'
+def finetune_run_with_a_state(run, start_pkl):
     run.mkdir(parents=True)
-    start = str(tmp_path / 'biased.pkl')
-    assert plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start, auto_resume=True)[1:] == (None, True)
+    (run / 'training_options.json').write_text(json.dumps(dict(resume_pkl=str(start_pkl))))
     (run / 'network-snapshot-000008.pkl').write_bytes(b'x')
     (run / 'training-state-000008.pt').write_bytes(b'x')
-    continued = plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start, auto_resume=True)
-    assert continued == (str(run), (str(run / 'network-snapshot-000008.pkl'), str(run / 'training-state-000008.pt')),
-                         False)
+    return str(run), (str(run / 'network-snapshot-000008.pkl'), str(run / 'training-state-000008.pt'))
+
+
+def test_auto_resume_continues_a_finetune_and_only_starts_from_its_pickle_once(tmp_path):
+    out, desc, start = str(tmp_path / 'out'), 'toy-tiny-resumebiased', str(tmp_path / 'biased.pkl')
+    assert plan_run_dir(out, desc, start, auto_resume=True, start_pkl=start)[1:] == (None, True)
+    run_dir, files = finetune_run_with_a_state(tmp_path / 'out' / f'00000-{desc}', start)
+    assert plan_run_dir(out, desc, start, auto_resume=True, start_pkl=start) == (run_dir, files, False)
     # Without --auto-resume the official meaning holds: every launch is a new run from the pickle.
-    assert plan_run_dir(str(tmp_path / 'out'), 'toy-tiny-resumebiased', start)[1:] == (None, True)
+    assert plan_run_dir(out, desc, start, start_pkl=start)[1:] == (None, True)
+
+
+def test_auto_resume_does_not_continue_a_finetune_of_another_pickle_with_the_same_run_name(tmp_path):
+    # The run name keeps 20 characters of the pickle's name: snapshots 100 and 108 both give ...snapshot00010.
+    out, desc = str(tmp_path / 'out'), 'toy-tiny-resumenetworksnapshot00010'
+    start_a, start_b = tmp_path / 'network-snapshot-000100.pkl', tmp_path / 'network-snapshot-000108.pkl'
+    run_a, files_a = finetune_run_with_a_state(tmp_path / 'out' / f'00000-{desc}', start_a)
+    assert plan_run_dir(out, desc, str(start_b), auto_resume=True, start_pkl=str(start_b)) == \
+        (str(tmp_path / 'out' / f'00001-{desc}'), None, True)
+    run_b, files_b = finetune_run_with_a_state(tmp_path / 'out' / f'00001-{desc}', start_b)
+    assert plan_run_dir(out, desc, str(start_a), auto_resume=True, start_pkl=str(start_a)) == (run_a, files_a, False)
+    assert plan_run_dir(out, desc, str(start_b), auto_resume=True, start_pkl=str(start_b)) == (run_b, files_b, False)
+
+
+def test_resume_auto_pairs_state_and_snapshot_by_file_name_whatever_the_folder_names(tmp_path):
+    outdir = tmp_path / 'exp.pth-runs'   # '.pt' and 'training-state-' in folder names must not be rewritten
+    run = outdir / '00000-training-state-toy.pt-tiny'
+    run.mkdir(parents=True)
+    (run / 'network-snapshot-000001.pkl').write_bytes(b'x')
+    (run / 'training-state-000001.pt').write_bytes(b'x')
+    assert find_resume_state(str(outdir), 'training-state-toy.pt-tiny', 'auto') == \
+        (str(run), str(run / 'network-snapshot-000001.pkl'), str(run / 'training-state-000001.pt'))
 
 
 def test_resume_auto_finds_runs_whose_names_hold_glob_characters(tmp_path):

@@ -1,5 +1,6 @@
 """projector.py, style_mixing.py and generate.py --projected-w (stylegan2_fair/cli/projector.py, style_mixing.py,
 generate.py) on the small official fixture network, with a random-weight stand-in vgg16.pt."""
+import os
 import sys
 import types
 
@@ -211,11 +212,14 @@ def test_style_mixing_rejects_styles_beyond_the_network(network_pkl, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # generate.py --projected-w
 
-def test_projected_w_excludes_seeds_and_must_fit_the_network(G, network_pkl, tmp_path):
+def test_projected_w_overrides_seeds_and_must_fit_the_network(G, network_pkl, tmp_path):
     np.savez(tmp_path / 'w.npz', w=np.zeros([1, G.num_ws, G.w_dim], np.float32))
     base = ['--network', network_pkl, '--outdir', tmp_path / 'out', '--device', 'cpu']
-    result = invoke(generate, base + ['--projected-w', tmp_path / 'w.npz', '--seeds', '0-3'])
-    assert result.exit_code != 0 and '--projected-w and --seeds exclude each other' in result.output
+    # As in the official script, --seeds beside --projected-w is ignored with a warning.
+    result = invoke(generate, base[:3] + [tmp_path / 'both'] + base[4:] + ['--projected-w', tmp_path / 'w.npz',
+                                                                           '--seeds', '0-3'])
+    assert result.exit_code == 0 and '--seeds is ignored' in result.output, result.output
+    assert sorted(os.listdir(tmp_path / 'both')) == ['proj00.png']
     result = invoke(generate, base)
     assert result.exit_code != 0 and '--seeds' in result.output and '--projected-w' in result.output
 

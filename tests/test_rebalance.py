@@ -5,6 +5,7 @@ import os
 import zipfile
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
@@ -185,6 +186,26 @@ def test_face_gate_passes_a_face_and_rejects_a_broken_face_noise_and_flat_images
     images = np.stack([face, drawn_face(128, features=False), np.ascontiguousarray(face[:, ::-1]),
                        rng.integers(0, 256, (3, 128, 128), dtype=np.uint8), np.full((3, 128, 128), 128, np.uint8)])
     assert gate(images).tolist() == [True, False, False, False, False]
+    small = [np.asarray(PIL.Image.fromarray(face.transpose(1, 2, 0)).resize((n, n), PIL.Image.LANCZOS))
+             for n in (16, 32)]   # a 16 or 32 px model's face: below the cascade's 24 px window unless enlarged
+    assert gate(np.stack([small[0].transpose(2, 0, 1)])).tolist() == [True]
+    assert gate(np.stack([small[1].transpose(2, 0, 1)])).tolist() == [True]
+
+
+@register_gate('test-int-mask')
+class IntMaskGate:
+    """Passes every other image, as 0/1 integers (not bools)."""
+
+    def __call__(self, images):
+        return (np.arange(len(images)) % 2 == 0).astype(np.int64)
+
+
+def test_a_gate_returning_integers_gates_the_same_images_as_booleans():
+    s = search(per_class=3, batch=8, gate='test-int-mask')
+    assert s.step()
+    rejected = sum(c.counts['rejected_gate'] for c in s.searches)
+    evaluated = sum(c.counts['evaluated'] for c in s.searches)
+    assert rejected == evaluated // 2
 
 
 @pytest.mark.parametrize('crash', ['after-checkpoint', 'with-unsaved-work', 'while-writing-state'])

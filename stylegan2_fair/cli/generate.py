@@ -174,8 +174,8 @@ def generate(network_pkl, seeds, projected_w, truncation_psi, class_idx, noise_m
 
 def check_projected_w_options(seeds, drs, balance, trunc_mode, truncation_psi):
     """--projected-w renders fixed ws: options that pick or truncate latents have nothing to act on."""
-    if seeds is not None:
-        raise click.UsageError('--projected-w and --seeds exclude each other: the images come from the w in the file')
+    if seeds is not None:  # the official script warns too: its command lines may carry both
+        print('warning: --seeds is ignored with --projected-w (the images come from the w in the file)')
     if drs or balance:
         raise click.UsageError('--projected-w renders the w in the file as it is; it cannot be combined with '
                                '--drs or --balance, which draw latents')

@@ -223,12 +223,12 @@ def projector(network_pkl, target_fname, num_steps, seed, save_video, outdir, cl
           f'first step, {float(dists[-1]):.4f} at the last')
 
     os.makedirs(outdir, exist_ok=True)
-    if save_video:
-        write_video(imageio, os.path.join(outdir, 'proj.mp4'), target, G, ws)
+    final_w = ws[-1:].cpu().numpy().astype(np.float32)   # the result first: a failing video must not lose it
+    atomic_write(os.path.join(outdir, 'projected_w.npz'), lambda f: np.savez(f, w=final_w), suffix='.npz')
     save_png(target, os.path.join(outdir, 'target.png'))
     save_png(synthesize_ws(G, ws[-1:])[0], os.path.join(outdir, 'proj.png'))
-    final_w = ws[-1:].cpu().numpy().astype(np.float32)
-    atomic_write(os.path.join(outdir, 'projected_w.npz'), lambda f: np.savez(f, w=final_w), suffix='.npz')
+    if save_video:
+        write_video(imageio, os.path.join(outdir, 'proj.mp4'), target, G, ws)
     print(f'Wrote target.png, proj.png, projected_w.npz{" and proj.mp4" if save_video else ""} to {outdir}')
     return ws, dists
 

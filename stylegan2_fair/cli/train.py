@@ -226,7 +226,7 @@ def setup_training_options(data, gpus=1, snap=50, metrics='none', seed=0, cond=F
         if not os.path.isfile(resume):
             raise UserError(f'--resume={resume}: no such file (give a network pickle, or --resume=auto)')
         desc += '-resume' + re.sub(r'\W+', '', os.path.splitext(os.path.basename(resume))[0])[:20]
-        args['resume_pkl'] = resume
+        args['resume_pkl'] = os.path.abspath(resume)  # absolute: --auto-resume tells finetunes apart by it
         if resume_arch:  # finetune a pickle whose networks differ from the --cfg preset (e.g. an official one)
             args['G_kwargs'], args['D_kwargs'] = architecture_from_pickle(resume, training_set,
                                                                           training_set_kwargs['use_labels'])
@@ -329,23 +329,37 @@ def next_run_dir(outdir, desc):
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 
-def find_resume_state(outdir, desc, resume):
-    """For --resume=auto (or a run dir): the newest run dir of this desc holding a complete state, or None."""
+def started_from(run_dir):
+    """The resume_pkl a run dir was started from (None: from scratch), as its training_options.json says."""
+    try:
+        with open(os.path.join(run_dir, 'training_options.json')) as f:
+            pkl = json.load(f).get('resume_pkl')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if pkl is None else os.path.realpath(pkl)
+
+
+def find_resume_state(outdir, desc, resume, start_pkl=None):
+    """For --resume=auto (or a run dir): the newest run dir of this desc that started from `start_pkl`
+    (the --resume pickle, or None) and holds a complete state; None if there is none."""
     if resume != 'auto':
         candidates = [resume]
     else:  # escaped: a dataset or outdir name may hold glob characters such as [ ]
         pattern = os.path.join(glob.escape(outdir), '[0-9]' * 5 + '-' + glob.escape(desc))
-        candidates = sorted(glob.glob(pattern), reverse=True)
+        # The name keeps only 20 characters of the pickle's name: finetunes of other pickles can share it.
+        start = None if start_pkl is None else os.path.realpath(start_pkl)
+        candidates = [d for d in sorted(glob.glob(pattern), reverse=True) if started_from(d) == start]
     for run_dir in candidates:
         states = sorted(glob.glob(os.path.join(glob.escape(run_dir), 'training-state-*.pt')), reverse=True)
         for state in states:
-            pkl = state.replace('training-state-', 'network-snapshot-').replace('.pt', '.pkl')
-            if os.path.isfile(pkl):
+            kimg = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(state))
+            pkl = os.path.join(run_dir, f'network-snapshot-{kimg.group(1)}.pkl') if kimg else None
+            if pkl is not None and os.path.isfile(pkl):
                 return run_dir, pkl, state
     return None
 
 
-def plan_run_dir(outdir, desc, resume, auto_resume=False):
+def plan_run_dir(outdir, desc, resume, auto_resume=False, start_pkl=None):
     """(run_dir, resume_files or None, fresh): continue the newest complete state of this run for
     --resume=auto or --auto-resume (or of a run dir given as --resume), else a new numbered run dir.
     With --auto-resume a --resume pickle is only the start of a run that has no state yet."""
@@ -353,7 +367,7 @@ def plan_run_dir(outdir, desc, resume, auto_resume=False):
         raise UserError(f'--outdir={outdir} is a file, not a folder; choose another --outdir')
     run_dir_given = resume is not None and resume != 'auto' and os.path.isdir(resume)
     if run_dir_given or auto_resume or resume == 'auto':
-        found = find_resume_state(outdir, desc, resume if run_dir_given else 'auto')
+        found = find_resume_state(outdir, desc, resume if run_dir_given else 'auto', start_pkl)
         if found is not None:
             run_dir, pkl, state = found
             return run_dir, (pkl, state), False
@@ -601,7 +615,7 @@ def train(outdir, dry_run, dist_timeout, auto_resume, **kwargs):
     plan = None
     if is_rank0:
         try:
-            plan = plan_run_dir(outdir, desc, resume, auto_resume)
+            plan = plan_run_dir(outdir, desc, resume, auto_resume, args['resume_pkl'])
         except UserError as e:
             plan = e.message
     if not dry_run:
