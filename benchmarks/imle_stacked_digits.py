@@ -141,6 +141,7 @@ def alternate_steps(loops, steps, warmup=2):
 @click.option('--pool-factor', type=float, default=10, show_default=True)
 @click.option('--pairs', type=int, default=4, show_default=True, help='--imle-pairs of the training runs')
 @click.option('--interval', type=int, default=1, show_default=True, help='--imle-interval of the training runs')
+@click.option('--rematch', default='double:10', show_default=True, help='--imle-rematch of the training runs')
 @click.option('--cost-steps', type=int, default=8, show_default=True, help='Timed steps per loop (a multiple of 4)')
 @click.option('--lpips-backbone', default=None, help='VGG16 weights file; default: torchvision cache, else random')
 @click.option('--threads', type=int, default=1, show_default=True,
@@ -150,7 +151,7 @@ def alternate_steps(loops, steps, warmup=2):
 @click.option('--methods', default='vanilla,imle', show_default=True,
               help='coverage: the models to train (e.g. vanilla alone, to find a size that keeps its modes)')
 def main(workdir, out, parts, kimg, num_images, minority_images, resolution, samples, eval_pool, batch, channels, pool_factor, pairs,
-         interval, cost_steps, lpips_backbone, threads, device, seed, methods):
+         interval, rematch, cost_steps, lpips_backbone, threads, device, seed, methods):
     from stylegan2_fair.lpips_features import LPIPSBackboneMissing, LPIPSFeatures, load_lpips
     from stylegan2_fair.toy_data import make_toy
     methods = [m.strip() for m in methods.split(',') if m.strip()]
@@ -170,7 +171,8 @@ def main(workdir, out, parts, kimg, num_images, minority_images, resolution, sam
             load_lpips(None)
         except LPIPSBackboneMissing:
             lpips_backbone = 'random'
-    imle_kwargs = dict(pool_factor=pool_factor, pairs=pairs, interval=interval, lpips_backbone=lpips_backbone)
+    imle_kwargs = dict(pool_factor=pool_factor, pairs=pairs, interval=interval, rematch=rematch,
+                       lpips_backbone=lpips_backbone)
     size = dict(batch=batch, channels=channels)  # of every training loop; None: the tiny preset's
     setup = dict(kimg=kimg, num_images=num_images, minority_images=minority_images, resolution=resolution,
                  samples=samples, eval_pool=eval_pool, seed=seed, imle_kwargs=imle_kwargs, device=device, **size)
