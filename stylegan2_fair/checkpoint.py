@@ -193,11 +193,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         answer = _ALLOWED_GLOBALS.get((module, name))
         if answer is None and module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
             answer = getattr(torch, name)   # torch.float32 and friends are plain values
+        if answer is None and (module, name) == ('dnnlib.tflib.network', 'Network'):
+            from .tf_convert import TFNetworkRecord   # TF pickles: an inert record of the network's state
+            answer = TFNetworkRecord
         if answer is None:
             hint = ''
             if module.startswith('dnnlib.tflib'):
-                hint = (' This is a TensorFlow StyleGAN pickle: convert it to the PyTorch format first '
-                        '(official legacy.py, on a machine where you accept running its code).')
+                hint = (' This looks like a TensorFlow StyleGAN pickle, but of the dnnlib.tflib names only '
+                        'dnnlib.tflib.network.Network (the G, D, Gs networks) can be read; a pickle of '
+                        'other TF objects (optimizers, training state) cannot be converted.')
             raise UnsafePickleError(
                 f'refused global {module}.{name} in {self.source}: it is not on the allow-list of '
                 f'names a StyleGAN2-ADA or stylegan2-fair network pickle needs, so the file is '
@@ -375,7 +379,8 @@ def _materialise(value, device, where):
 
 
 def load_network_pkl(path_or_file, device='cpu'):
-    """Load an official StyleGAN2-ADA snapshot or one of ours, executing nothing from the file.
+    """Load an official StyleGAN2-ADA snapshot, a TensorFlow StyleGAN2(-ADA) pickle or one of ours,
+    executing nothing from the file (TF pickles are converted by `tf_convert`).
 
     Returns a dict with G, D, G_ema, augment_pipe, training_set_kwargs (None where absent) plus any
     other top-level keys of the pickle. Networks are this package's classes on `device`, with
@@ -384,6 +389,9 @@ def load_network_pkl(path_or_file, device='cpu'):
     """
     source = _describe_source(path_or_file)
     data = read_pickle_safely(path_or_file)
+    from . import tf_convert
+    if tf_convert.is_tf_pickle(data):   # TensorFlow (G, D, Gs): converted from its variables
+        return tf_convert.convert_tf_pickle(data, source, device)
     if not isinstance(data, dict):
         raise CheckpointError(f'{source}: expected a pickled dict of networks, got {type(data).__name__}')
     result = dict.fromkeys(NETWORK_KEYS)
