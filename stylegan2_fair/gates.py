@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from .registry import registrar
+
 _GATES = {}
 
 
@@ -17,13 +19,7 @@ class GateError(ValueError):
     """A gate cannot be built; the message names the fix."""
 
 
-def register_gate(name):
-    def decorator(cls):
-        if name in _GATES and _GATES[name] is not cls:
-            raise ValueError(f'gate {name!r} is registered twice')
-        _GATES[name] = cls
-        return cls
-    return decorator
+register_gate = registrar(_GATES, 'gate')
 
 
 def list_gates():

@@ -62,6 +62,13 @@ def read_png(path):
     return np.array(PIL.Image.open(path))
 
 
+def run_projector(network_pkl, vgg_dir, target, target_path, out, steps, *extra):
+    """projector.py on `target` (saved to target_path first), CPU, the stand-in vgg16.pt."""
+    PIL.Image.fromarray(target).save(target_path)
+    return invoke(projector, ['--network', network_pkl, '--target', target_path, '--num-steps', steps, *extra,
+                              '--outdir', out, '--device', 'cpu', '--detector', vgg_dir])
+
+
 # ------------------------------------------------------------------------------------------------
 # The projection itself
 
@@ -89,11 +96,8 @@ def test_projection_of_an_own_image_lowers_the_feature_distance(G, vgg_dir):
 
 
 def test_projector_cli_writes_the_official_outputs_and_generate_reproduces_proj_png(G, network_pkl, vgg_dir, tmp_path):
-    target, _ = own_image(G, 7)
-    PIL.Image.fromarray(target).save(tmp_path / 'target-in.png')
-    out = tmp_path / 'out'
-    result = invoke(projector, ['--network', network_pkl, '--target', tmp_path / 'target-in.png', '--num-steps', 8,
-                                '--save-video=false', '--outdir', out, '--device', 'cpu', '--detector', vgg_dir])
+    target, out = own_image(G, 7)[0], tmp_path / 'out'
+    result = run_projector(network_pkl, vgg_dir, target, tmp_path / 'target-in.png', out, 8, '--save-video=false')
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ['proj.png', 'projected_w.npz', 'target.png']
     assert np.array_equal(read_png(out / 'target.png'), target)
@@ -159,11 +163,8 @@ def test_save_video_writes_target_beside_projection_for_every_step(G, network_pk
 
     monkeypatch.setitem(sys.modules, 'imageio', types.SimpleNamespace(get_writer=FakeWriter))
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', types.ModuleType('imageio_ffmpeg'))
-    target, _ = own_image(G, 2)
-    PIL.Image.fromarray(target).save(tmp_path / 'target.png')
-    out = tmp_path / 'out'
-    result = invoke(projector, ['--network', network_pkl, '--target', tmp_path / 'target.png', '--num-steps', 3,
-                                '--save-video', '--outdir', out, '--device', 'cpu', '--detector', vgg_dir])
+    target, out = own_image(G, 2)[0], tmp_path / 'out'
+    result = run_projector(network_pkl, vgg_dir, target, tmp_path / 'target.png', out, 3, '--save-video')
     assert result.exit_code == 0, result.output
     assert (out / 'proj.mp4').read_bytes() == b'mp4' and not list(out.glob('.partial*'))
     assert settings['fps'] == 10 and settings['codec'] == 'libx264'

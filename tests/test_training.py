@@ -240,12 +240,18 @@ def test_cli_tiny_training_for_two_kimg_then_resume_from_its_pickle(tmp_path, to
     assert 'Resuming from' in result.output
 
 
-def test_detector_option_reaches_the_metrics_of_the_run(tmp_path, toy_zip, monkeypatch):
+def standin_inception_folder(tmp_path):
+    """A folder holding a random-weight stand-in of the official Inception detector file."""
     from stylegan2_fair.metrics import detectors
     folder = tmp_path / 'detectors'
     folder.mkdir()
     detectors.save_standin_detector('inception', str(folder / detectors.DETECTOR_FILES['inception']), size=32,
                                     tiny=True)
+    return folder
+
+
+def test_detector_option_reaches_the_metrics_of_the_run(tmp_path, toy_zip, monkeypatch):
+    folder = standin_inception_folder(tmp_path)
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'empty-cache'))
     _, args = setup_training_options(data=toy_zip, cfg='tiny', workers=0, device='cpu', metrics='fid50k_full',
                                      detector=(str(folder),))
@@ -253,11 +259,7 @@ def test_detector_option_reaches_the_metrics_of_the_run(tmp_path, toy_zip, monke
 
 
 def test_metrics_run_on_each_snapshot_during_training(tmp_path, toy_zip, monkeypatch):
-    from stylegan2_fair.metrics import detectors
-    folder = tmp_path / 'detectors'
-    folder.mkdir()
-    detectors.save_standin_detector('inception', str(folder / detectors.DETECTOR_FILES['inception']), size=32,
-                                    tiny=True)
+    folder = standin_inception_folder(tmp_path)
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
     run_loop(tmp_path / 'run', toy_zip, metrics=['fid16'],
              metric_kwargs=dict(detector_search=[str(folder)], batch_size=8))

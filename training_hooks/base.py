@@ -48,17 +48,16 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from stylegan2_fair.registry import registrar
+
 _HOOKS: Dict[str, type] = {}
 
 
 def register_hook(name):
     """Class decorator: make a hook constructible by name (`--fair-method=name`)."""
     def decorator(cls):
-        if name in _HOOKS and _HOOKS[name] is not cls:
-            raise ValueError(f'training hook {name!r} is registered twice')
         cls.name = name
-        _HOOKS[name] = cls
-        return cls
+        return registrar(_HOOKS, 'training hook')(name)(cls)
     return decorator
 
 

@@ -10,19 +10,15 @@ A new backend is one module with a function decorated `@register_classifier('sch
 """
 import click
 
+from ..registry import registrar
+
 from .base import Classifier, match_channels, resize_keep_aspect, resize_square
 
 _BUILDERS = {}
 
 
-def register_classifier(scheme):
-    """Function decorator: make `scheme:ARGUMENT` specs build a classifier through this function."""
-    def decorator(fn):
-        if scheme in _BUILDERS and _BUILDERS[scheme] is not fn:
-            raise ValueError(f'classifier scheme {scheme!r} is registered twice')
-        _BUILDERS[scheme] = fn
-        return fn
-    return decorator
+# `@register_classifier('scheme')` on a function makes `scheme:ARGUMENT` specs build through it.
+register_classifier = registrar(_BUILDERS, 'classifier scheme')
 
 
 def list_classifiers():

@@ -6,18 +6,13 @@ official name families (fid50k_full, ...) and looks here for the rest.
 """
 import importlib
 
+from ..registry import registrar
+
 _METRICS = {}
 _MODULES = ('fairness',)  # modules whose import registers metrics
 
 
-def register_metric(name):
-    """Function decorator: make the metric computable by `name`."""
-    def decorator(fn):
-        if name in _METRICS and _METRICS[name] is not fn:
-            raise ValueError(f'metric {name!r} is registered twice')
-        _METRICS[name] = fn
-        return fn
-    return decorator
+register_metric = registrar(_METRICS, 'metric')   # `@register_metric('name')` makes it computable by name
 
 
 def registered_metrics():
