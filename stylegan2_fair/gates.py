@@ -26,14 +26,10 @@ def list_gates():
     return ['none'] + sorted(_GATES)
 
 
-def check_gate_name(name):
-    if name != 'none' and name not in _GATES:
-        raise GateError(f'gate={name!r}: choose one of {", ".join(list_gates())}')
-
-
 def create_gate(name):
     """The gate called `name`, or None for 'none' (every image passes)."""
-    check_gate_name(name)
+    if name != 'none' and name not in _GATES:
+        raise GateError(f'gate={name!r}: choose one of {", ".join(list_gates())}')
     return None if name == 'none' else _GATES[name]()
 
 

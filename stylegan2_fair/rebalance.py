@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write, atomic_write_text
-from .gates import GateError, check_gate_name, create_gate
+from .gates import GateError, create_gate
 from .imaging import to_uint8
 
 SPACES = ('z', 'w')
@@ -110,10 +110,6 @@ class SearchOptions:
             raise RebalanceError(f'min_confidence={self.min_confidence}: a probability, in [0, 1]')
         if self.dedup_dist < 0:
             raise RebalanceError(f'dedup_dist={self.dedup_dist}: must be >= 0 (0 turns it off)')
-        try:
-            check_gate_name(self.gate)
-        except GateError as err:
-            raise RebalanceError(str(err)) from err
         num_classes, names = classifier.num_classes, list(classifier.class_names)
         classes = list(range(num_classes)) if self.classes is None else self.classes
         # Names or indices: a name wins over an index, so classes named '0'..'9' mean what they say.
@@ -224,7 +220,7 @@ class RebalanceSearch:
         self.G = G.eval().requires_grad_(False).to(self.device)
         self.classifier = classifier.to(self.device).eval()
         self.options = options.check(G, classifier)
-        try:
+        try:  # an unknown gate name, or a gate that cannot be built here
             self.gate = create_gate(options.gate)
         except GateError as err:
             raise RebalanceError(str(err)) from err
