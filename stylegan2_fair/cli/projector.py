@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fileio import atomic_write
+from .dataset_tool import fit
 from .generate import class_label, load_generator, save_png, synthesize_ws
 
 
@@ -140,10 +141,7 @@ def load_target(path, resolution, channels):
             image = image.convert('L' if channels == 1 else 'RGB')
     except (OSError, PIL.UnidentifiedImageError) as e:
         raise click.UsageError(f'--target={path} is not an image that PIL can read ({e})') from e
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))
-    image = image.resize((resolution, resolution), PIL.Image.LANCZOS)
+    image = fit(image, resolution, 'center-crop')   # dataset_tool's crop: the official projector's geometry
     return np.array(image, dtype=np.uint8).reshape(resolution, resolution, channels)
 
 
